@@ -1,0 +1,1 @@
+"""Applying a plan: writing new blobs and the new bootstrap, resumably."""

@@ -1,0 +1,1 @@
+"""Blob backends: where source blobs are read from and new blobs are written to."""

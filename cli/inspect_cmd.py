@@ -1,0 +1,1 @@
+"""`compact inspect` (filled in by the format-layer work)."""

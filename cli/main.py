@@ -1,0 +1,64 @@
+"""Entry point of `compact`: runs a command and turns every known error into one line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from applier.errors import ApplyError
+from backends.errors import BackendError
+from mkimage.errors import BuildError
+from planner.errors import PlanError
+from rafs.errors import RafsError
+from store.errors import StoreError
+
+from . import commands  # noqa: F401  (registers the commands on the app)
+from .app import EXIT_ERROR, EXIT_USAGE, app
+
+USER_ERRORS = (RafsError, BackendError, BuildError, PlanError, StoreError, ApplyError, OSError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("COMPACT_DEBUG") == "1"
+    if "--debug" in args:
+        args.remove("--debug")
+    try:
+        rv = app(args=args, prog_name="compact", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("compact: aborted", file=sys.stderr)
+        return EXIT_ERROR
+    except click.UsageError as exc:
+        exc.show(file=sys.stderr)
+        return EXIT_USAGE
+    except click.ClickException as exc:
+        exc.show(file=sys.stderr)
+        return EXIT_ERROR
+    except USER_ERRORS as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"compact: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("compact: interrupted", file=sys.stderr)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,1 @@
+"""Builds multi-layer Nydus images from directory trees (test inputs, benchmarks, demo)."""

@@ -1,0 +1,1 @@
+"""Planning: the compaction policy (pure decisions) and the plan file."""

@@ -1,0 +1,1 @@
+"""On-disk formats of Nydus images: RAFS v5/v6 bootstraps and their data blobs."""
