@@ -1,0 +1,121 @@
+"""The plan as data: what `compact plan` decided and what it was decided from.
+
+The plan file (planner/planfile.py) is a rendering of this; apply reads it back into the same
+dataclasses. Authoritative for apply are the header (inputs the plan is bound to) and the
+per-blob decisions with their merge groups; every number beside them is derived and is
+recomputed (and re-validated) by apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+FORMAT = "nydus-compact-plan/1"
+ALGORITHM = "nydus-compact-R1"
+
+ACTIONS = ("keep", "delete", "rebuild", "merge", "dict-keep")
+# Where a reviewer may move a blob by hand; "merge" needs a group, "rebuild" forms its own.
+EDITABLE_ACTIONS = ACTIONS
+
+
+@dataclass
+class InputImage:
+    path: str
+    sha256: str
+    size: int
+    rafs_version: int
+    chunk_size: int
+    compressor: str
+    digester: str
+    blob_count: int
+    output: str  # file name of the new bootstrap apply writes for this image
+
+
+@dataclass
+class InputFile:
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass
+class SourceBlob:
+    index: int  # position in E (source table, then chunk-dict blobs)
+    blob_id: str
+    origin: str  # "image" | "chunk-dict"
+    table_size: int  # compressed_size in the blob table (0 in old images)
+    observed_size: int | None  # stat/HEAD of the backend; None if not looked at
+    decision: str  # one of ACTIONS
+    reason: str
+    used_bytes: int
+    ratio: int | None  # used_bytes * 100 // size, None when not computed
+    size_for_ratio: int | None
+    size_source: str | None  # "table" | "backend"
+    group: str | None  # name of the merge/rebuild group producing the blob's replacement
+    new_index: int | None  # position in the new blob table (kept blobs and group targets)
+    compressor: str
+    digester: str
+    features: int
+    referenced_by: dict[str, int] = field(default_factory=dict)  # image path -> bytes used
+
+
+@dataclass
+class Group:
+    name: str  # "g0", "g1", ... in new-table order
+    target: int  # E index whose turn in the table the new blob takes
+    members: list[int]  # E indexes, ascending
+    chunk_count: int
+    compressed_size: int  # data bytes of the new blob (meta not included)
+    uncompressed_size: int
+    read_requests: int  # after coalescing
+    new_index: int
+
+
+@dataclass
+class Summary:
+    changes: bool
+    noop_reason: str | None
+    blobs_before: int
+    blobs_after: int
+    new_blobs: int
+    bytes_before: int  # sum of source blob sizes in the new tables' images
+    bytes_to_read: int
+    bytes_to_write: int
+    reclaimable_bytes: int  # sizes of deletable blobs
+    occurrences_remapped: int
+
+
+@dataclass
+class Plan:
+    tool_version: str
+    flags: dict[str, object]
+    images: list[InputImage]
+    chunk_dict: InputFile | None
+    config: dict[str, object]
+    config_sha256: str
+    backend: dict[str, object]
+    summary: Summary
+    blobs: list[SourceBlob]
+    groups: list[Group]
+    new_table: list[str]  # blob id or "new:<group>" per new position
+    deletable: list[str]
+    merge_candidates: list[tuple[int, int]]
+    format: str = FORMAT
+    algorithm: str = ALGORITHM
+
+    def body(self) -> dict:
+        """Everything the digest covers, as plain data in a fixed order."""
+        d = asdict(self)
+        d["merge_candidates"] = [list(c) for c in self.merge_candidates]
+        return d
+
+    @property
+    def digest(self) -> str:
+        return plan_digest(self.body())
+
+
+def plan_digest(body: dict) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

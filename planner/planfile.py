@@ -1,0 +1,190 @@
+"""The plan file: a YAML rendering of `Plan` made for code review, and its strict reader.
+
+Rendering goes through a jinja2 template (templates/plan.yaml.j2) so the file carries comments
+a reviewer reads; every value is emitted as JSON, which is valid YAML, so the template cannot
+produce an ambiguous scalar. Loading is `yaml.safe_load` followed by a type check driven by the
+dataclass annotations, which reports the exact key path of the first problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from safeio import atomic_write_text
+
+from .errors import PlanFileError
+from .plan import ACTIONS, FORMAT, Plan, SourceBlob
+
+MAX_PLAN_BYTES = 256 * 1024 * 1024
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def explain_blob(b: SourceBlob) -> str:
+    """One line a reviewer reads above each blob block."""
+    used = f"uses {human_size(b.used_bytes)}"
+    if b.size_for_ratio:
+        used += f" of {human_size(b.size_for_ratio)} ({b.ratio}%)"
+    text = {
+        "UNREFERENCED": "no file references it",
+        "KEEP": f"kept; {used}",
+        "DICT_KEEP": "chunk-dict blob, kept as is",
+        "DICT_UNUSED": "chunk-dict blob no file uses, dropped",
+        "REBUILD_RATIO": f"{used}, below the threshold: rebuilt",
+        "MERGE_TARGET": f"merge target of {b.group}; {used}",
+        "MERGED_INTO": f"merged into {b.group}; {used}",
+        "REDIRECTED": "every chunk it held is now served by another blob",
+    }.get(b.reason, b.reason)
+    return f"{b.decision}: {text}"
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda name: resources.files("templates").joinpath(name).read_text()),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["y"] = lambda v: json.dumps(v, ensure_ascii=True)
+    env.filters["human"] = human_size
+    env.filters["explain"] = explain_blob
+    return env
+
+
+def summary_line(plan: Plan) -> str:
+    s = plan.summary
+    if not s.changes:
+        return f"No changes: {s.noop_reason}."
+    return (
+        f"{s.blobs_before} blobs -> {s.blobs_after} ({s.new_blobs} new); "
+        f"read {human_size(s.bytes_to_read)}, write {human_size(s.bytes_to_write)}, "
+        f"reclaimable {human_size(s.reclaimable_bytes)}."
+    )
+
+
+def render(plan: Plan, plan_path: str = "plan.yaml") -> str:
+    template = _env().get_template("plan.yaml.j2")
+    return template.render(plan=plan, digest=plan.digest, plan_path=plan_path, summary_line=summary_line(plan))
+
+
+def write_plan(plan: Plan, path: Path) -> None:
+    atomic_write_text(path, render(plan, str(path)))
+
+
+def load_plan(path: Path) -> tuple[Plan, str | None]:
+    """Read and validate a plan file. Returns the plan and the digest recorded in it."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_PLAN_BYTES:
+            raise PlanFileError(f"{path}: {size} bytes is too large for a plan file")
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PlanFileError(f"{path}: cannot read plan: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise PlanFileError(f"{path}: not a UTF-8 text file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise PlanFileError(f"{path}: not valid YAML{where}: {problem}") from None
+    return plan_from_data(raw, str(path))
+
+
+def plan_from_data(raw: object, source: str) -> tuple[Plan, str | None]:
+    if not isinstance(raw, dict):
+        raise PlanFileError(f"{source}: not a nydus-compact plan (expected a mapping at the top)")
+    if raw.get("format") != FORMAT:
+        raise PlanFileError(f"{source}: format: expected {FORMAT!r}, got {raw.get('format')!r}")
+    data = dict(raw)
+    recorded = data.pop("plan_digest", None)
+    if recorded is not None and not isinstance(recorded, str):
+        raise PlanFileError(f"{source}: plan_digest: expected a string")
+    plan = _convert(Plan, data, "", source)
+    for i, b in enumerate(plan.blobs):
+        if b.decision not in ACTIONS:
+            raise PlanFileError(
+                f"{source}: blobs[{i}].decision: expected one of {', '.join(ACTIONS)}, got {b.decision!r}"
+            )
+    return plan, recorded
+
+
+def _convert(tp: object, value: object, key: str, source: str) -> object:
+    """Check ``value`` against the annotation ``tp`` and build dataclasses; errors carry the key path."""
+
+    def fail(expected: str) -> typing.NoReturn:
+        shown = json.dumps(value, default=str)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        raise PlanFileError(f"{source}: {key or '<top>'}: expected {expected}, got {shown}")
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        real = [o for o in options if o is not type(None)]
+        return _convert(real[0], value, key, source) if len(real) == 1 else fail(str(tp))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            fail(f"a mapping ({tp.__name__})")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - set(fields), key=str)
+        if unknown:
+            raise PlanFileError(f"{source}: {_join(key, str(unknown[0]))}: unknown key")
+        kwargs = {}
+        for name, f in fields.items():
+            if name not in value:
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                    continue
+                raise PlanFileError(f"{source}: {_join(key, name)}: missing")
+            kwargs[name] = _convert(hints[name], value[name], _join(key, name), source)
+        return tp(**kwargs)
+    if origin is list:
+        if not isinstance(value, list):
+            fail("a list")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list) or len(value) != len(args):
+            fail(f"a list of {len(args)} values")
+        return tuple(_convert(a, v, f"{key}[{i}]", source) for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail("a mapping")
+        kt, vt = typing.get_args(tp)
+        return {
+            _convert(kt, k, f"{key}.{k}", source): _convert(vt, v, _join(key, str(k)), source)
+            for k, v in value.items()
+        }
+    if tp is object:
+        return value
+    if tp is bool:
+        return value if isinstance(value, bool) else fail("true or false")
+    if tp is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail("an integer")
+    if tp is str:
+        return value if isinstance(value, str) else fail("a string")
+    raise AssertionError(f"unsupported annotation {tp!r}")
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
