@@ -1,0 +1,448 @@
+"""The SQLite state store: schema, bootstrap index, plan recipes and apply checkpoints."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from dataclasses import asdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rafs.compression import Compressor
+from rafs.digest import Digester
+from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from store.db import open_store
+from store.errors import StoreError
+from store.index import (
+    find_image,
+    index_bootstrap,
+    load_blobs,
+    load_image,
+    load_occurrences,
+    nodes_referencing,
+)
+from store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, load_plan_recipe, save_plan
+from store.runs import (
+    completed_steps,
+    find_run,
+    finish_run,
+    list_runs,
+    record_step,
+    start_run,
+    steps,
+)
+from store.schema import SCHEMA_VERSION, TABLES
+
+SHA_A = "a" * 64
+SHA_B = "b" * 64
+
+
+class TickClock:
+    """A deterministic clock: 2024-01-01T00:00:00Z, one second later on every call."""
+
+    def __init__(self) -> None:
+        self.t = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        now = self.t
+        self.t += timedelta(seconds=1)
+        return now
+
+
+def _digest(n: int) -> bytes:
+    return n.to_bytes(4, "little") * 8
+
+
+def _chunk(blob: int, index: int, coff: int, csize: int, digest: int, file_offset: int, usize: int = 4096) -> tuple:
+    return (_digest(digest), blob, 1, csize, usize, coff, index * 4096, file_offset, index, 0)
+
+
+def _blob(i: int, *, chunk_count: int, size: int) -> BlobInfo:
+    return BlobInfo(
+        blob_id=f"{i:064x}",
+        chunk_count=chunk_count,
+        compressed_size=size,
+        uncompressed_size=chunk_count * 4096,
+        features=0x4000_0001,
+        compressor=Compressor.ZSTD,
+        digester=Digester.BLAKE3,
+        chunk_size=1 << 20,
+        ci_offset=size,
+        blob_meta_digest=bytes(range(32)),
+    )
+
+
+def _reg(path: bytes, start: int, count: int, *, link: int, nlink: int = 1) -> Node:
+    return Node(
+        name=path.rsplit(b"/", 1)[-1],
+        path=path,
+        mode=stat.S_IFREG | 0o644,
+        size=count * 4096,
+        nlink=nlink,
+        link=link,
+        chunk_start=start,
+        chunk_count=count,
+    )
+
+
+def small_bootstrap() -> Bootstrap:
+    """Three blobs; /a repeats a chunk, /dir/x shares one with /a, /h1 and /h2 are hard links
+    with identical chunk records, and two records differ only in their digest."""
+    nodes = [
+        Node(name=b"/", path=b"/", mode=stat.S_IFDIR | 0o755, children=[1, 2, 3, 4, 5, 6]),
+        _reg(b"/a", 0, 3, link=1),
+        Node(name=b"dir", path=b"/dir", mode=stat.S_IFDIR | 0o755, parent=0, children=[7]),
+        _reg(b"/empty", 3, 0, link=3),
+        _reg(b"/h1", 3, 2, link=4, nlink=2),
+        _reg(b"/h2", 5, 2, link=4, nlink=2),
+        Node(name=b"sym", path=b"/sym", mode=stat.S_IFLNK | 0o777, symlink=b"a"),
+        _reg(b"/dir/\xffx", 7, 3, link=7),  # a name that is not UTF-8
+    ]
+    chunks = np.array(
+        [
+            _chunk(0, 0, 0, 100, 1, 0),  # /a
+            _chunk(1, 0, 0, 200, 2, 4096),
+            _chunk(0, 0, 0, 100, 1, 8192),  # same chunk as /a's first, later in the file
+            _chunk(0, 1, 100, 300, 4, 0),  # /h1
+            _chunk(2, 0, 0, 50, 5, 4096),
+            _chunk(0, 1, 100, 300, 4, 0),  # /h2: the same records again
+            _chunk(2, 0, 0, 50, 5, 4096),
+            _chunk(1, 0, 0, 200, 2, 0),  # /dir/\xffx shares /a's second chunk
+            _chunk(2, 1, 50, 70, 6, 4096),
+            _chunk(2, 1, 50, 70, 7, 8192),  # same location, different digest: a distinct record
+        ],
+        dtype=CHUNK_DTYPE,
+    )
+    blobs = [_blob(0, chunk_count=2, size=400), _blob(1, chunk_count=1, size=0), _blob(2, chunk_count=2, size=120)]
+    return Bootstrap(version=6, flags=0x84, chunk_size=1 << 20, blobs=blobs, nodes=nodes, chunks=chunks)
+
+
+def synthetic_bootstrap(n_files: int, per_file: int, n_unique: int, seed: int = 7) -> Bootstrap:
+    rng = np.random.default_rng(seed)
+    n = n_files * per_file
+    ids = rng.integers(0, n_unique, n)
+    chunks = np.zeros(n, dtype=CHUNK_DTYPE)
+    chunks["blob_index"] = ids % 4
+    chunks["index"] = ids // 4
+    chunks["compressed_offset"] = (ids // 4) * 1000
+    chunks["uncompressed_offset"] = (ids // 4) * 4096
+    chunks["compressed_size"] = 1000
+    chunks["uncompressed_size"] = 4096
+    chunks["flags"] = 1
+    digests = np.zeros((n, 32), dtype=np.uint8)
+    digests[:, :8] = ids.astype("<u8").view(np.uint8).reshape(n, 8)
+    chunks["block_id"] = digests.view("V32").ravel()
+    chunks["file_offset"] = (np.arange(n) % per_file) * (1 << 20)
+    nodes = [Node(name=b"/", path=b"/", mode=stat.S_IFDIR | 0o755)]
+    nodes += [_reg(b"/f%06d" % i, i * per_file, per_file, link=i + 1) for i in range(n_files)]
+    blobs = [_blob(i, chunk_count=n_unique // 4, size=n_unique // 4 * 1000) for i in range(4)]
+    return Bootstrap(version=5, flags=0x6, chunk_size=1 << 20, blobs=blobs, nodes=nodes, chunks=chunks)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state.db"
+
+
+@pytest.fixture
+def boot_file(tmp_path: Path) -> Path:
+    path = tmp_path / "image.boot"
+    path.write_bytes(b"\0" * 8192)
+    return path
+
+
+def _count(store, table: str) -> int:
+    return store.fetchall(f'SELECT COUNT(*) FROM "{table}"')[0][0]
+
+
+# --- opening --------------------------------------------------------------------------
+
+
+def test_new_store_has_schema_wal_and_foreign_keys(db_path: Path) -> None:
+    with open_store(db_path) as store:
+        assert set(TABLES) <= set(store.db.table_names())
+        assert dict(store.fetchall('SELECT "key", "value" FROM "meta"'))["schema_version"] == str(SCHEMA_VERSION)
+        assert store.fetchall("PRAGMA journal_mode")[0][0] == "wal"
+        assert store.fetchall("PRAGMA foreign_keys")[0][0] == 1
+        assert "ux_images_sha256" in {i.name for i in store.db.table("images").indexes}
+    with open_store(db_path, create=False) as store:
+        assert find_image(store, SHA_A) is None
+
+
+def test_missing_store_is_not_created_without_create(db_path: Path) -> None:
+    with pytest.raises(StoreError, match="no such state database"):
+        open_store(db_path, create=False)
+    assert not db_path.exists()
+
+
+def test_garbage_file_is_refused(db_path: Path) -> None:
+    db_path.write_bytes(b"this is a bootstrap, not a database" * 100)
+    with pytest.raises(StoreError, match=r"state\.db: not a nydus-compact state database$"):
+        open_store(db_path)
+    assert db_path.read_bytes().startswith(b"this is a bootstrap")
+
+
+def test_other_sqlite_database_is_refused(db_path: Path) -> None:
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(StoreError, match="not a nydus-compact state database"):
+        open_store(db_path)
+
+
+def test_other_schema_version_is_refused(db_path: Path) -> None:
+    open_store(db_path).close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"not a nydus-compact state database \(or incompatible version 99\)"):
+        open_store(db_path)
+
+
+def test_locked_database_names_the_file(db_path: Path) -> None:
+    open_store(db_path).close()
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with open_store(db_path, timeout=0.05) as store:  # reading still works
+            with pytest.raises(StoreError, match=r"state\.db: state database is locked"):
+                start_run(store, "d" * 64, outputs={}, inputs={})
+            assert list_runs(store) == []
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+# --- bootstrap index ------------------------------------------------------------------
+
+
+def test_index_round_trips_occurrences_blobs_and_nodes(db_path: Path, boot_file: Path) -> None:
+    bs = small_bootstrap()
+    observed = {f"{1:064x}": (777, "backend")}
+    with open_store(db_path, clock=TickClock()) as store:
+        image_id = index_bootstrap(store, boot_file, bs, SHA_A, observed)
+        assert find_image(store, SHA_A) == image_id
+        # 10 occurrences, 6 distinct records (the /h2 copies, /a's repeat and the shared chunk fold).
+        assert _count(store, "refs") == 10
+        assert _count(store, "chunks") == 6
+        occ = load_occurrences(store, image_id)
+        assert occ.dtype == CHUNK_DTYPE
+        assert np.array_equal(occ, bs.chunks)
+
+        image = load_image(store, image_id)
+        assert image["sha256"] == SHA_A
+        assert image["size"] == 8192
+        assert (image["version"], image["chunk_size"], image["flags"]) == (6, 1 << 20, 0x84)
+        assert (image["compressor"], image["digester"]) == ("zstd", "blake3")
+        assert (image["node_count"], image["occurrence_count"]) == (8, 10)
+        assert image["indexed_at"] == "2024-01-01T00:00:00.000Z"
+
+        blobs = load_blobs(store, image_id)
+        for row, blob in zip(blobs, bs.blobs, strict=True):
+            expected = asdict(blob) | {"compressor": "zstd", "digester": "blake3"}
+            assert {k: row[k] for k in expected} == expected
+        assert [(b["observed_size"], b["size_source"]) for b in blobs] == [
+            (400, "table"),
+            (777, "backend"),
+            (120, "table"),
+        ]
+
+        nodes = store.fetch_dicts('SELECT * FROM "nodes" ORDER BY "pos"')
+        assert [n["path"] for n in nodes] == [n.path for n in bs.nodes]
+        assert [n["kind"] for n in nodes] == ["dir", "reg", "dir", "reg", "reg", "reg", "lnk", "reg"]
+        assert [n["link"] for n in nodes][4:6] == [4, 4]
+        refs = store.fetchall('SELECT "node_pos", "chunk_no" FROM "refs" ORDER BY "occ"')
+        assert refs == [(1, 0), (1, 1), (1, 2), (4, 0), (4, 1), (5, 0), (5, 1), (7, 0), (7, 1), (7, 2)]
+
+
+def test_nodes_referencing_ranks_files_by_bytes_in_blob(db_path: Path, boot_file: Path) -> None:
+    with open_store(db_path) as store:
+        image_id = index_bootstrap(store, boot_file, small_bootstrap(), SHA_A, None)
+        # blob 2: /dir/\xffx has 70 + 70, /h1 and /h2 50 each (tie broken by node order).
+        assert nodes_referencing(store, image_id, 2, 10) == [(b"/dir/\xffx", 140), (b"/h1", 50), (b"/h2", 50)]
+        assert nodes_referencing(store, image_id, 0, 1) == [(b"/h1", 300)]
+        assert nodes_referencing(store, image_id, 3, 10) == []
+
+
+def test_reindexing_same_content_reuses_the_image(db_path: Path, boot_file: Path) -> None:
+    bs = small_bootstrap()
+    with open_store(db_path) as store:
+        first = index_bootstrap(store, boot_file, bs, SHA_A, None)
+    with open_store(db_path) as store:
+        again = index_bootstrap(store, boot_file, synthetic_bootstrap(2, 2, 4), SHA_A, None)
+        assert again == first
+        assert (_count(store, "images"), _count(store, "refs")) == (1, 10)
+        other = index_bootstrap(store, boot_file, bs, SHA_B, None)
+        assert other != first
+        assert np.array_equal(load_occurrences(store, other), load_occurrences(store, first))
+        assert nodes_referencing(store, other, 2, 10) == nodes_referencing(store, first, 2, 10)
+
+
+@pytest.mark.parametrize("name", ["sha256-nocompress-repeatable", "rafs-v6-2.2.boot"])
+def test_real_bootstraps_round_trip(db_path: Path, fixtures_dir: Path, name: str) -> None:
+    from rafs.loader import bootstrap_sha256, load_bootstrap
+
+    path = fixtures_dir / name
+    bs = load_bootstrap(path)
+    with open_store(db_path) as store:
+        image_id = index_bootstrap(store, path, bs, bootstrap_sha256(path), None)
+        assert load_image(store, image_id)["size"] == path.stat().st_size
+        assert np.array_equal(load_occurrences(store, image_id), bs.chunks)
+        top = nodes_referencing(store, image_id, 0, 1)
+        assert top and top[0][0] in {n.path for n in bs.nodes if n.is_reg}
+
+
+def test_occurrences_outside_every_node_round_trip(db_path: Path, boot_file: Path) -> None:
+    bs = small_bootstrap()
+    bs.nodes[7].chunk_count = 1  # the last two occurrences now belong to no node
+    with open_store(db_path) as store:
+        image_id = index_bootstrap(store, boot_file, bs, SHA_A, None)
+        assert store.fetchall('SELECT "node_pos", "chunk_no" FROM "refs" WHERE "occ" >= 8') == [
+            (None, None),
+            (None, None),
+        ]
+        assert np.array_equal(load_occurrences(store, image_id), bs.chunks)
+
+
+def test_node_range_outside_the_array_is_refused(db_path: Path, boot_file: Path) -> None:
+    bs = small_bootstrap()
+    bs.nodes[7].chunk_count = 4
+    with open_store(db_path) as store:
+        with pytest.raises(StoreError, match="outside the occurrence array"):
+            index_bootstrap(store, boot_file, bs, SHA_A, None)
+        assert _count(store, "images") == 0
+
+
+def test_offsets_beyond_sqlite_integers_are_refused(db_path: Path, boot_file: Path) -> None:
+    bs = small_bootstrap()
+    bs.chunks["compressed_offset"][0] = 1 << 63
+    with open_store(db_path) as store:
+        with pytest.raises(StoreError, match="compressed_offset exceeds"):
+            index_bootstrap(store, boot_file, bs, SHA_A, None)
+
+
+def test_large_synthetic_image_round_trips(db_path: Path, boot_file: Path) -> None:
+    bs = synthetic_bootstrap(n_files=2_000, per_file=110, n_unique=60_000)
+    assert len(bs.chunks) >= 200_000
+    with open_store(db_path) as store:
+        image_id = index_bootstrap(store, boot_file, bs, SHA_A, None)
+    with open_store(db_path, create=False) as store:
+        distinct = len(np.unique(bs.chunks[["block_id", "blob_index", "index"]]))
+        assert _count(store, "chunks") == distinct
+        assert np.array_equal(load_occurrences(store, image_id), bs.chunks)
+
+
+# --- plans ----------------------------------------------------------------------------
+
+
+def _recipe() -> tuple:
+    blob_rows = [
+        {"e_index": 0, "blob_id": "b0", "action": "KEEP", "reason": "KEEP", "used_bytes": 400, "size": 400,
+         "size_source": "table", "ratio": 100.0, "grp": None, "new_index": 0},
+        {"e_index": 1, "blob_id": "b1", "action": "REBUILD", "reason": "REBUILD_RATIO", "used_bytes": 200,
+         "size": 777, "size_source": "backend", "ratio": 25.7, "grp": 0, "new_index": 1},
+        {"e_index": 2, "blob_id": "b2", "action": "MERGE", "reason": "MERGED_INTO", "used_bytes": 120,
+         "size": 120, "size_source": "table", "ratio": 100.0, "grp": 0, "new_index": 1},
+    ]
+    new_blobs = [(0, 1, 3, 320, 12288)]  # grp, new_index, chunk_count, compressed, uncompressed
+    chunks = np.zeros(3, dtype=NEW_BLOB_CHUNK_DTYPE)
+    chunks["seq"] = [0, 1, 2]
+    chunks["src_e_index"] = [1, 2, 2]
+    chunks["src_offset"] = [0, 0, 50]
+    chunks["compressed_size"] = [200, 50, 70]
+    chunks["uncompressed_size"] = 4096
+    chunks["new_coff"] = [0, 200, 250]
+    chunks["new_uoff"] = [0, 4096, 8192]
+    chunks["block_id"] = np.frombuffer(b"".join(_digest(i) for i in (2, 5, 6)), dtype="V32")
+    chunks["flags"] = 1
+    ranges = np.array([(0, 1, 0, 200, 0, 1), (0, 2, 0, 120, 1, 2)], dtype=READ_RANGE_DTYPE)
+    return blob_rows, new_blobs, chunks, ranges
+
+
+def test_plan_round_trip_and_idempotence(db_path: Path, boot_file: Path) -> None:
+    blob_rows, new_blobs, chunks, ranges = _recipe()
+    with open_store(db_path, clock=TickClock()) as store:
+        image_id = index_bootstrap(store, boot_file, small_bootstrap(), SHA_A, None)
+        plan_id = save_plan(store, "p" * 64, [image_id], '{"threshold":80}', '{"I3":true}', blob_rows, new_blobs,
+                            chunks, ranges)
+    with open_store(db_path, create=False) as store:
+        recipe = load_plan_recipe(store, "p" * 64)
+        assert recipe is not None
+        assert (recipe.plan_id, recipe.image_ids) == (plan_id, [image_id])
+        assert (recipe.config_json, recipe.flags_json) == ('{"threshold":80}', '{"I3":true}')
+        assert recipe.created == "2024-01-01T00:00:01.000Z"  # the index took the first tick
+        assert recipe.blobs == blob_rows
+        assert recipe.new_blobs == [
+            {"grp": 0, "new_index": 1, "chunk_count": 3, "compressed_size": 320, "uncompressed_size": 12288}
+        ]
+        assert recipe.new_blob_chunks.dtype == NEW_BLOB_CHUNK_DTYPE
+        assert np.array_equal(recipe.new_blob_chunks, chunks)
+        assert np.array_equal(recipe.read_ranges, ranges)
+
+        again = save_plan(store, "p" * 64, [image_id], "{}", "{}", [], [], [], [])
+        assert again == plan_id
+        assert _count(store, "plans") == 1 and _count(store, "new_blob_chunks") == 3
+        assert load_plan_recipe(store, "q" * 64) is None
+
+
+def test_plan_with_bad_rows_leaves_nothing_behind(db_path: Path) -> None:
+    blob_rows, new_blobs, chunks, _ = _recipe()
+    with open_store(db_path) as store:
+        with pytest.raises(ValueError, match="recipe row has 2 values"):
+            save_plan(store, "p" * 64, [], "{}", "{}", blob_rows, new_blobs, chunks, [(0, 1)])
+        assert load_plan_recipe(store, "p" * 64) is None
+        assert _count(store, "plan_blobs") == 0
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+def test_run_checkpoints_survive_reopen_and_resume(db_path: Path) -> None:
+    digest = "d" * 64
+    outputs = {"bootstrap": "/out/image.boot.compact", "blobs_dir": "/blobs"}
+    inputs = {"bootstrap": SHA_A}
+    clock = TickClock()
+    with open_store(db_path, clock=clock) as store:
+        run = start_run(store, digest, outputs=outputs, inputs=inputs)
+        assert (run.status, run.resumes, run.started, run.finished) == ("running", 0, "2024-01-01T00:00:00.000Z", None)
+        record_step(store, run.id, "blob:0", "running")
+        done = record_step(store, run.id, "blob:0", "done", bytes=320, requests=2, blob_id="n0", size=4416,
+                           sha256="e" * 64)
+        assert (done.started, done.finished) == ("2024-01-01T00:00:01.000Z", "2024-01-01T00:00:02.000Z")
+        record_step(store, run.id, "blob:1", "skipped", blob_id="n1", size=10, sha256="f" * 64)
+        record_step(store, run.id, "bootstrap", "running")
+        # the process dies here: no finish_run
+
+    with open_store(db_path, create=False, clock=clock) as store:
+        assert find_run(store, digest).status == "running"
+        resumed = start_run(store, digest, outputs=dict(reversed(outputs.items())), inputs=inputs)
+        assert (resumed.id, resumed.resumes, resumed.started) == (run.id, 1, run.started)
+        complete = completed_steps(store, resumed.id)
+        assert sorted(complete) == ["blob:0", "blob:1"]
+        assert (complete["blob:0"].bytes, complete["blob:0"].sha256) == (320, "e" * 64)
+        assert steps(store, run.id)["bootstrap"].status == "running"
+        record_step(store, run.id, "bootstrap", "done")
+        record_step(store, run.id, "json", "done")
+        finished = finish_run(store, run.id, "succeeded")
+        assert finished.status == "succeeded" and finished.finished is not None
+
+        # A succeeded plan applied again, or another output, starts a new run.
+        second = start_run(store, digest, outputs=outputs, inputs=inputs)
+        assert second.id != run.id and completed_steps(store, second.id) == {}
+        third = start_run(store, digest, outputs={"bootstrap": "/elsewhere"}, inputs=inputs)
+        assert third.id not in (run.id, second.id)
+        assert [r.id for r in list_runs(store, digest)] == [run.id, second.id, third.id]
+        assert find_run(store, digest).id == third.id
+        assert find_run(store, "0" * 64) is None
+
+
+def test_bad_statuses_and_unknown_runs(db_path: Path) -> None:
+    with open_store(db_path) as store:
+        with pytest.raises(ValueError):
+            finish_run(store, 1, "running")
+        with pytest.raises(StoreError, match="no apply run 5"):
+            record_step(store, 5, "json", "done")
+        run = start_run(store, "d" * 64, outputs={}, inputs={})
+        with pytest.raises(ValueError):
+            record_step(store, run.id, "json", "finished")
