@@ -1,0 +1,151 @@
+"""The compaction policy's inputs: what a plan is computed from (compact.md §1.1, §1.15, §6.3).
+
+Facts are plain data gathered by the caller (bootstrap readers, a backend stat/HEAD for blobs
+whose table size is 0); the policy never reads a file. Chunk occurrences stay in one numpy array
+of ``rafs.model.CHUNK_DTYPE``, never one Python object each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from rafs.compression import Compressor
+from rafs.digest import Digester
+from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap
+
+from .errors import PlanError
+
+# A v6 chunk-info table in format v1 holds at most 16 MiB / 16 bytes of entries (compact.md I5).
+CI_V1_MAX_ENTRIES = 1 << 20
+
+V6_KEYS = ("offset", "digest")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBlob:
+    """One blob-table entry as the policy sees it."""
+
+    blob_id: str
+    compressed_size: int  # as stored in the blob table; 0 in old images
+    observed_size: int | None  # stat/HEAD of the backend; None if not asked or unknown
+    features: int
+    compressor: Compressor
+    digester: Digester
+    chunk_count: int
+    uncompressed_size: int
+
+    @classmethod
+    def from_blob_info(cls, info: BlobInfo, observed_size: int | None = None) -> "SourceBlob":
+        return cls(
+            blob_id=info.blob_id,
+            compressed_size=info.compressed_size,
+            observed_size=observed_size,
+            features=info.features,
+            compressor=info.compressor,
+            digester=info.digester,
+            chunk_count=info.chunk_count,
+            uncompressed_size=info.uncompressed_size,
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DictFacts:
+    """A chunk dictionary (compact.md §1.4).
+
+    ``chunks`` are the dict's chunk records in the dict's build order; their ``blob_index`` is the
+    position in the dict's own blob table. ``digester`` is the dict bootstrap's: chunks of dict
+    blobs that use another digester are not looked up (None: all are).
+    """
+
+    blobs: list[SourceBlob]
+    chunks: np.ndarray
+    digester: Digester | None = None
+
+    def __post_init__(self) -> None:
+        _check_chunks(self.chunks, "chunk dict")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Facts:
+    """Everything ``decide`` needs: the source's version, blob table and every chunk occurrence."""
+
+    version: int
+    blobs: list[SourceBlob]
+    chunks: np.ndarray  # CHUNK_DTYPE, exactly Bootstrap.chunks (build order)
+    chunk_dict: DictFacts | None = None
+
+    def __post_init__(self) -> None:
+        if self.version not in (5, 6):
+            raise PlanError(f"unsupported RAFS version {self.version} (expected 5 or 6)")
+        _check_chunks(self.chunks, "source bootstrap")
+
+
+def _check_chunks(chunks: np.ndarray, what: str) -> None:
+    if not isinstance(chunks, np.ndarray) or chunks.dtype != CHUNK_DTYPE or chunks.ndim != 1:
+        raise PlanError(f"{what}: chunk records must be a 1-d CHUNK_DTYPE array")
+
+
+def facts_from_bootstrap(
+    boot: Bootstrap,
+    observed_sizes: Mapping[str, int] | None = None,
+    chunk_dict: Bootstrap | None = None,
+) -> Facts:
+    """Facts of a parsed source bootstrap (and optional dict bootstrap).
+
+    ``observed_sizes`` maps blob ids to the size the backend reported; the policy only needs it
+    for blobs whose table ``compressed_size`` is 0.
+    """
+    observed = observed_sizes or {}
+    dict_facts = None
+    if chunk_dict is not None:
+        dict_facts = DictFacts(
+            blobs=[SourceBlob.from_blob_info(b, observed.get(b.blob_id)) for b in chunk_dict.blobs],
+            chunks=chunk_dict.chunks,
+            digester=chunk_dict.digester,
+        )
+    return Facts(
+        version=boot.version,
+        blobs=[SourceBlob.from_blob_info(b, observed.get(b.blob_id)) for b in boot.blobs],
+        chunks=boot.chunks,
+        chunk_dict=dict_facts,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    """Switches between reference semantics R and the improvements I1–I5 (compact.md §1.15, §6.3)."""
+
+    i1_drop_unused_dict_blobs: bool = False
+    i2_whole_file_id: bool = False
+    i3_report_no_changes: bool = False
+    i4_compatible_merges_only: bool = False
+    i5_chunk_cap: int | None = None  # max chunks per new blob; None: no cap (B15)
+    ratio_u8_wrap: bool = False  # B14: `as u8` truncation of the used ratio
+    v6_key: str = "offset"  # v2.2.0 keys v6 chunks by location; HEAD by digest
+
+    def __post_init__(self) -> None:
+        if self.v6_key not in V6_KEYS:
+            raise PlanError(f"v6_key: expected one of {', '.join(V6_KEYS)}, got {self.v6_key!r}")
+        cap = self.i5_chunk_cap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise PlanError(f"i5_chunk_cap: expected a positive integer or None, got {cap!r}")
+
+    @classmethod
+    def tool_default(cls) -> "Flags":
+        return cls(
+            i2_whole_file_id=True,
+            i3_report_no_changes=True,
+            i4_compatible_merges_only=True,
+            i5_chunk_cap=CI_V1_MAX_ENTRIES,
+        )
+
+    @classmethod
+    def upstream_oracle(cls) -> "Flags":
+        return cls()
+
+    def describe(self) -> dict[str, bool | int | str | None]:
+        """Plan-header form: every switch by name, keys sorted."""
+        return dict(sorted(asdict(self).items()))

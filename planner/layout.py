@@ -1,0 +1,355 @@
+"""From decisions to the new blob table, new-blob recipes and chunk relocations (compact.md §1.11).
+
+``layout`` re-validates its input: decisions may come from a plan file a reviewer edited, so
+every rule the policy follows by construction is checked again here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rafs.compression import Compressor
+from rafs.digest import Digester
+from rafs.flags import BlobFeatures
+from rafs.model import LOCATION_FIELDS
+
+from .errors import PlanError
+from .facts import Facts
+from .policy import (
+    ACTIONS,
+    GROUP_ACTIONS,
+    KEPT_ACTIONS,
+    Decisions,
+    Extended,
+    MergeGroup,
+    Resolution,
+    digest_columns,
+    merge_class,
+    resolve,
+)
+
+BLOCK = 4096
+MAX_TABLE = {5: 256, 6: 255}  # v6 chunk addresses store blob_index + 1 in one byte
+V6_MAX_CHUNKS = 1 << 24  # blob ci index is 24 bits
+V6_MAX_COFF = 1 << 40  # CI v1 comp_info: 40-bit compressed offset
+V6_MAX_UOFF = 1 << 44  # CI v1 uncomp_info: offset bits 12..43
+
+# One chunk of a new blob: where it is read from, and where it lands.
+RECIPE_DTYPE = np.dtype(
+    [
+        ("source", "<u4"),  # E index of the source blob
+        ("source_index", "<u4"),
+        ("source_offset", "<u8"),  # compressed offset in the source blob
+        ("compressed_size", "<u4"),
+        ("uncompressed_size", "<u4"),
+        ("digest", "V32"),
+        ("flags", "<u4"),
+        ("occurrence", "<u8"),  # the winning occurrence
+        ("index", "<u4"),  # new index in the new blob
+        ("compressed_offset", "<u8"),
+        ("uncompressed_offset", "<u8"),
+    ]
+)
+
+# Coalesced reads: chunks [first, first + count) of the recipe come from one contiguous range.
+READ_DTYPE = np.dtype(
+    [("source", "<u4"), ("offset", "<u8"), ("length", "<u8"), ("first", "<u8"), ("count", "<u8")]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TableEntry:
+    new_index: int
+    source: int | None  # E index of a kept blob
+    group: int | None  # group of a new blob
+    blob_id: str | None  # None for a new blob: known only once its bytes are written
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class NewBlob:
+    group: int
+    new_index: int
+    target: int
+    members: tuple[int, ...]
+    compressor: Compressor
+    digester: Digester
+    features: int
+    aligned: bool
+    chunks: np.ndarray  # RECIPE_DTYPE in write order
+    reads: np.ndarray  # READ_DTYPE, ascending by (source, offset)
+    compressed_size: int  # chunk data bytes
+    uncompressed_size: int
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def pending_id(self) -> str:
+        return f"pending:{self.group}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Layout:
+    version: int
+    table: list[TableEntry]  # the new blob table, in order
+    new_blobs: list[NewBlob]  # in table order
+    chunks: np.ndarray  # CHUNK_DTYPE: every occurrence with its new location
+    bytes_to_read: int
+    bytes_to_write: int
+    reads: int  # read requests after coalescing
+    occurrences_remapped: int
+    deletable: list[str]  # source blob ids the new table no longer uses (never deleted by apply)
+    identical: bool  # the result equals the source (I3 "no changes")
+    noop_reason: str | None = None
+
+
+def layout(facts: Facts, decisions: Decisions) -> Layout:
+    if decisions.version != facts.version:
+        raise PlanError(f"decisions are for RAFS v{decisions.version}, the source is v{facts.version}")
+    if decisions.noop_reason is not None:
+        return _unchanged(facts, decisions.noop_reason)
+    res = resolve(facts, decisions.flags)
+    _validate(res.ext, decisions)
+
+    n_e = len(res.ext.blobs)
+    kept_new = np.full(n_e, -1, dtype=np.int64)
+    group_new: dict[int, int] = {}
+    targets = {g.target: g for g in decisions.groups}
+    table: list[TableEntry] = []
+    for d in decisions.blobs:  # §1.11 walk: kept blobs and group targets take their turn
+        if d.action in KEPT_ACTIONS:
+            kept_new[d.index] = len(table)
+            table.append(TableEntry(len(table), d.index, None, d.blob_id))
+        elif d.index in targets:
+            g = targets[d.index]
+            group_new[g.group] = len(table)
+            table.append(TableEntry(len(table), None, g.group, None))
+    limit = MAX_TABLE[facts.version]
+    if len(table) > limit:
+        raise PlanError(f"the new blob table would have {len(table)} blobs; RAFS v{facts.version} allows {limit}")
+
+    group_of = np.full(n_e, -1, dtype=np.int64)
+    for g in decisions.groups:
+        group_of[list(g.members)] = group_new[g.group]
+    _check_nothing_lost(res, kept_new, group_of)
+
+    new_blobs = _recipes(facts, res, decisions, group_of, group_new)
+    chunks = _relocate(facts, res, kept_new, group_of, new_blobs)
+    changed = np.zeros(len(chunks), dtype=bool)
+    for f in LOCATION_FIELDS:
+        changed |= chunks[f] != facts.chunks[f]
+    kept_ids = {e.blob_id for e in table if e.blob_id is not None}
+    deletable = list(dict.fromkeys(b.blob_id for b in facts.blobs if b.blob_id not in kept_ids))
+    source_ids = [b.blob_id for b in facts.blobs]
+    return Layout(
+        version=facts.version,
+        table=table,
+        new_blobs=new_blobs,
+        chunks=chunks,
+        bytes_to_read=sum(int(nb.reads["length"].sum()) for nb in new_blobs),
+        bytes_to_write=sum(nb.compressed_size for nb in new_blobs),
+        reads=sum(len(nb.reads) for nb in new_blobs),
+        occurrences_remapped=int(changed.sum()),
+        deletable=deletable,
+        identical=not new_blobs and [e.blob_id for e in table] == source_ids and not changed.any(),
+    )
+
+
+def _unchanged(facts: Facts, reason: str) -> Layout:
+    """A no-op: the source table and records stay as they are."""
+    table = [TableEntry(i, i, None, b.blob_id) for i, b in enumerate(facts.blobs)]
+    return Layout(facts.version, table, [], facts.chunks.copy(), 0, 0, 0, 0, [], True, reason)
+
+
+def _validate(ext: Extended, decisions: Decisions) -> None:
+    """Decisions must cover E exactly, and groups must agree with the per-blob actions."""
+    if len(decisions.blobs) != len(ext.blobs):
+        raise PlanError(f"decisions list {len(decisions.blobs)} blobs, the inputs have {len(ext.blobs)}")
+    for i, (d, b) in enumerate(zip(decisions.blobs, ext.blobs)):
+        if d.index != i or d.blob_id != b.blob_id:
+            raise PlanError(f"decision {i} is for blob {d.index} {d.blob_id}, the inputs have {b.blob_id} there")
+        if d.action not in ACTIONS:
+            raise PlanError(f"blob {d.blob_id}: unknown action {d.action!r}")
+        if d.action == "dict-keep" and not ext.is_dict[i]:
+            raise PlanError(f"blob {d.blob_id}: dict-keep, but it is not a chunk-dict blob")
+    seen: dict[int, int] = {}
+    numbers = set()
+    for g in decisions.groups:
+        if g.group in numbers:
+            raise PlanError(f"group {g.group} is listed twice")
+        numbers.add(g.group)
+        if g.target not in g.members:
+            raise PlanError(f"group {g.group}: target {g.target} is not one of its members")
+        for i in g.members:
+            if not 0 <= i < len(ext.blobs):
+                raise PlanError(f"group {g.group}: member {i} is not a blob index")
+            d = decisions.blobs[i]
+            if i in seen:
+                raise PlanError(f"blob {d.blob_id} is in groups {seen[i]} and {g.group}")
+            seen[i] = g.group
+            if d.action not in GROUP_ACTIONS:
+                state = "deleted" if d.action == "delete" else "kept"
+                raise PlanError(f"blob {d.blob_id} is both {state} and in group {g.group}")
+            if d.group != g.group:
+                raise PlanError(f"blob {d.blob_id} is in group {g.group} but its decision names group {d.group}")
+            if ext.is_dict[i]:
+                raise PlanError(f"blob {d.blob_id} is a chunk-dict blob and cannot be rebuilt (group {g.group})")
+        if decisions.flags.i4_compatible_merges_only:
+            _check_compatible(ext, g)
+    for d in decisions.blobs:
+        if d.action in GROUP_ACTIONS and d.index not in seen:
+            raise PlanError(f"blob {d.blob_id}: action {d.action} but it is in no group")
+
+
+def _check_compatible(ext: Extended, g: MergeGroup) -> None:
+    want = merge_class(ext.blobs[g.target])
+    for i in g.members:
+        if merge_class(ext.blobs[i]) != want:
+            b, t = ext.blobs[i], ext.blobs[g.target]
+            raise PlanError(
+                f"group {g.group}: blob {b.blob_id} ({b.compressor.label}, {b.digester.label}, features "
+                f"{b.features:#x}) cannot merge with {t.blob_id} ({t.compressor.label}, {t.digester.label}, "
+                f"features {t.features:#x})"
+            )
+
+
+def _check_nothing_lost(res: Resolution, kept_new: np.ndarray, group_of: np.ndarray) -> None:
+    lost = np.flatnonzero((kept_new[res.home_blob] < 0) & (group_of[res.home_blob] < 0))
+    if lost.size:
+        o = int(lost[0])
+        b = int(res.home_blob[o])
+        raise PlanError(
+            f"blob {res.ext.blobs[b].blob_id} is deleted, but occurrence {o} needs its chunk at compressed "
+            f"offset {int(res.home_coff[o])} and no kept or new blob provides it"
+        )
+
+
+def _recipes(
+    facts: Facts, res: Resolution, decisions: Decisions, group_of: np.ndarray, group_new: dict[int, int]
+) -> list[NewBlob]:
+    """Each group's chunks: the winners of its members, by (source E index, offset, digest) (§1.11)."""
+    ch = facts.chunks
+    w = res.winners[group_of[ch["blob_index"][res.winners]] >= 0]
+    wblob = ch["blob_index"][w].astype(np.int64)
+    order = np.lexsort([*digest_columns(ch[w])[::-1], ch["compressed_offset"][w], wblob, group_of[wblob]])
+    w, new_of_w = w[order], group_of[wblob[order]]
+
+    out = []
+    for g in sorted(decisions.groups, key=lambda g: group_new[g.group]):
+        new_index = group_new[g.group]
+        sel = w[np.searchsorted(new_of_w, new_index, "left") : np.searchsorted(new_of_w, new_index, "right")]
+        target = res.ext.blobs[g.target]
+        # F5: v6 needs 4 KiB-aligned offsets; v5 keeps the source's alignment.
+        aligned = facts.version == 6 or any(res.ext.blobs[i].features & BlobFeatures.ALIGNED for i in g.members)
+        recipe, uncompressed_size = _recipe(ch, sel, aligned)
+        blob = NewBlob(
+            group=g.group,
+            new_index=new_index,
+            target=g.target,
+            members=tuple(sorted(g.members)),
+            compressor=target.compressor,
+            digester=target.digester,
+            features=int(BlobFeatures.CAP_TAR_TOC | (BlobFeatures.ALIGNED if aligned else 0)),
+            aligned=aligned,
+            chunks=recipe,
+            reads=_coalesce(recipe),
+            compressed_size=int(recipe["compressed_size"].sum(dtype=np.uint64)),
+            uncompressed_size=uncompressed_size,
+        )
+        _check_limits(facts.version, blob, decisions.flags.i5_chunk_cap)
+        out.append(blob)
+    return out
+
+
+def _recipe(ch: np.ndarray, sel: np.ndarray, aligned: bool) -> tuple[np.ndarray, int]:
+    """The recipe of the winners ``sel`` in write order, and the new blob's uncompressed size."""
+    r = np.zeros(len(sel), dtype=RECIPE_DTYPE)
+    r["source"] = ch["blob_index"][sel]
+    r["source_index"] = ch["index"][sel]
+    r["source_offset"] = ch["compressed_offset"][sel]
+    r["compressed_size"] = ch["compressed_size"][sel]
+    r["uncompressed_size"] = ch["uncompressed_size"][sel]
+    r["digest"] = ch["block_id"][sel]
+    r["flags"] = ch["flags"][sel]
+    r["occurrence"] = sel
+    r["index"] = np.arange(len(sel))
+    r["compressed_offset"] = _exclusive_cumsum(r["compressed_size"])
+    footprint = r["uncompressed_size"].astype(np.uint64)
+    if aligned:
+        footprint = (footprint + (BLOCK - 1)) // BLOCK * BLOCK
+    r["uncompressed_offset"] = _exclusive_cumsum(footprint)
+    return r, int(footprint.sum())
+
+
+def _exclusive_cumsum(sizes: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(sizes), dtype=np.uint64)
+    np.cumsum(sizes[:-1], dtype=np.uint64, out=out[1:])
+    return out
+
+
+def _coalesce(recipe: np.ndarray) -> np.ndarray:
+    """One read per run of adjacent (or overlapping) chunks of the same source blob."""
+    if not len(recipe):
+        return np.zeros(0, dtype=READ_DTYPE)
+    src = recipe["source"]
+    start = recipe["source_offset"]
+    end = start + recipe["compressed_size"]
+    new_run = np.ones(len(recipe), dtype=bool)
+    for s in np.unique(src):  # at most 256 sources: each segment is sorted by offset
+        seg = np.flatnonzero(src == s)
+        reach = np.maximum.accumulate(end[seg])
+        new_run[seg[1:]] = start[seg[1:]] > reach[:-1]
+    firsts = np.flatnonzero(new_run)
+    lasts = np.append(firsts[1:], len(recipe))
+    reads = np.zeros(len(firsts), dtype=READ_DTYPE)
+    reads["source"] = src[firsts]
+    reads["offset"] = start[firsts]
+    reads["length"] = np.maximum.reduceat(end, firsts) - start[firsts]
+    reads["first"] = firsts
+    reads["count"] = lasts - firsts
+    return reads
+
+
+def _check_limits(version: int, blob: NewBlob, cap: int | None) -> None:
+    where = f"new blob {blob.new_index} (group {blob.group})"
+    if cap is not None and blob.chunk_count > cap:
+        raise PlanError(f"{where}: {blob.chunk_count} chunks, more than the cap of {cap} (I5)")
+    if version == 6:
+        if blob.chunk_count > V6_MAX_CHUNKS:
+            raise PlanError(f"{where}: {blob.chunk_count} chunks; v6 chunk indexes are 24-bit")
+        if blob.compressed_size > V6_MAX_COFF or blob.uncompressed_size > V6_MAX_UOFF:
+            raise PlanError(f"{where}: {blob.compressed_size} bytes exceed the v6 chunk-info v1 offset limits")
+
+
+def _relocate(
+    facts: Facts, res: Resolution, kept_new: np.ndarray, group_of: np.ndarray, new_blobs: list[NewBlob]
+) -> np.ndarray:
+    """Every occurrence moves with its home chunk: a kept blob's new index, or its winner's new slot."""
+    out = facts.chunks.copy()
+    kept = np.flatnonzero(kept_new[res.home_blob] >= 0)
+    out["blob_index"][kept] = kept_new[res.home_blob[kept]]
+    out["index"][kept] = res.home_index[kept]
+    out["compressed_offset"][kept] = res.home_coff[kept]
+    out["uncompressed_offset"][kept] = res.home_uoff[kept]
+
+    n = len(out)
+    slot_blob = np.zeros(n, dtype=np.uint32)
+    slot_index = np.zeros(n, dtype=np.uint32)
+    slot_coff = np.zeros(n, dtype=np.uint64)
+    slot_uoff = np.zeros(n, dtype=np.uint64)
+    for nb in new_blobs:
+        occ = nb.chunks["occurrence"].astype(np.int64)
+        slot_blob[occ] = nb.new_index
+        slot_index[occ] = nb.chunks["index"]
+        slot_coff[occ] = nb.chunks["compressed_offset"]
+        slot_uoff[occ] = nb.chunks["uncompressed_offset"]
+    moved = np.flatnonzero(group_of[res.home_blob] >= 0)
+    w = res.winner[moved]  # never -1: dict blobs cannot be in a group
+    out["blob_index"][moved] = slot_blob[w]
+    out["index"][moved] = slot_index[w]
+    out["compressed_offset"][moved] = slot_coff[w]
+    out["uncompressed_offset"][moved] = slot_uoff[w]
+    return out

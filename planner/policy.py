@@ -1,0 +1,392 @@
+"""The compaction policy: reference semantics R of compact.md §1.15 as a pure function.
+
+``decide`` turns Facts into per-blob Decisions (keep, delete, rebuild, merge); ``planner.layout``
+turns Decisions into the new blob table and chunk relocations. Everything is vectorised over the
+occurrence array: no Python object per occurrence, and every order is explicit.
+
+One deliberate reading of R: an occurrence follows the physical chunk it points at after the
+dedup/dict redirect (its "home"). R relocates through ``occ_by_key``, which gives the same result
+whenever R is well defined, and would otherwise mix a kept blob's index with a new blob's offsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from rafs.flags import BlobFeatures
+
+from .config import CompactConfig
+from .errors import PlanError
+from .facts import DictFacts, Facts, Flags, SourceBlob
+
+ACTIONS = ("keep", "delete", "rebuild", "merge", "dict-keep")
+KEPT_ACTIONS = ("keep", "dict-keep")
+GROUP_ACTIONS = ("rebuild", "merge")
+
+# E indices must fit the u8 `blob_index` of the builder's chunk dict map (compact.md §1.2 step 3).
+MAX_EXTENDED_BLOBS = 256
+
+# Features that change how a blob's chunk bytes are addressed; I4 never merges across them.
+MERGE_CLASS_FEATURES = (
+    BlobFeatures.ZRAN | BlobFeatures.CHUNK_INFO_V2 | BlobFeatures.SEPARATE | BlobFeatures.INLINED_FS_META
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobDecision:
+    """What happens to E[index], and the numbers behind it."""
+
+    index: int
+    blob_id: str
+    action: str  # one of ACTIONS
+    reason: str  # KEEP, UNREFERENCED, DICT_KEEP, DICT_UNUSED, REBUILD_RATIO, MERGE_TARGET, MERGED_INTO
+    used_bytes: int  # compressed bytes of the chunks this blob won (set.total before any merge)
+    used_chunks: int
+    size: int  # the ratio's denominator
+    size_source: str  # "table" or "backend"
+    ratio: int | None  # used ratio in percent; None when the blob is not Original
+    threshold: int  # min_used_ratio
+    group: int | None = None  # the new blob this one is written into
+
+
+@dataclass(frozen=True, slots=True)
+class MergeGroup:
+    """One new blob: ``members`` in E-index order; it takes the table slot of ``target``."""
+
+    group: int
+    target: int
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    index: int
+    size: int  # the size the greedy merge sorted by (§1.9)
+
+
+@dataclass(frozen=True, slots=True)
+class Decisions:
+    version: int
+    flags: Flags
+    blobs: tuple[BlobDecision, ...]  # one per E index; empty when the gate stopped the run
+    groups: tuple[MergeGroup, ...]  # in target order, i.e. new-table order
+    candidates: tuple[Candidate, ...]  # merge candidates in sorted order, for audit
+    noop_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Extended:
+    """E: the source blob table followed by the dict blobs it lacks (§1.4)."""
+
+    blobs: list[SourceBlob]
+    n_source: int
+    real: np.ndarray  # dict inner blob index -> E index
+    is_dict: np.ndarray  # bool per E index
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Resolution:
+    """Where every occurrence points after the dict redirect and the dedup (§1.5)."""
+
+    ext: Extended
+    home_blob: np.ndarray  # E index
+    home_index: np.ndarray
+    home_coff: np.ndarray
+    home_uoff: np.ndarray
+    winner: np.ndarray  # position of the occurrence whose chunk it uses; -1 if homed in a dict blob
+    winners: np.ndarray  # ascending positions of the winning occurrences (one per key)
+
+
+def extend(facts: Facts) -> Extended:
+    blobs = list(facts.blobs)
+    first_by_id: dict[str, int] = {}
+    for i, b in enumerate(blobs):
+        first_by_id.setdefault(b.blob_id, i)
+    real: list[int] = []
+    for db in facts.chunk_dict.blobs if facts.chunk_dict else []:
+        j = first_by_id.get(db.blob_id)
+        if j is None:
+            j = first_by_id[db.blob_id] = len(blobs)
+            blobs.append(db)
+        real.append(j)
+    if len(blobs) > MAX_EXTENDED_BLOBS:
+        raise PlanError(
+            f"too many blobs: the source table and chunk dict together have {len(blobs)}, "
+            f"at most {MAX_EXTENDED_BLOBS} are supported"
+        )
+    is_dict = np.zeros(len(blobs), dtype=bool)
+    is_dict[real] = True
+    return Extended(blobs, len(facts.blobs), np.asarray(real, dtype=np.int64), is_dict)
+
+
+def digest_columns(chunks: np.ndarray) -> list[np.ndarray]:
+    """The 32-byte digests as four big-endian u64 columns (byte order = numeric order)."""
+    words = np.ascontiguousarray(chunks["block_id"]).view(">u8").reshape(-1, 4)
+    return [words[:, k] for k in range(4)]
+
+
+def first_equal(columns: list[np.ndarray]) -> np.ndarray:
+    """For each row, the position of the first row with the same key (columns, most significant first)."""
+    n = len(columns[0])
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort(columns[::-1])  # stable: equal keys stay in position order
+    starts = np.zeros(n, dtype=bool)
+    starts[0] = True
+    for c in columns:
+        s = c[order]
+        starts[1:] |= s[1:] != s[:-1]
+    group = np.cumsum(starts) - 1
+    first = np.empty(n, dtype=np.int64)
+    first[order] = order[np.flatnonzero(starts)][group]
+    return first
+
+
+def resolve(facts: Facts, flags: Flags) -> Resolution:
+    """Apply §1.5 to all occurrences at once: dict redirects (F1, F2) and first-seen winners per key."""
+    ext = extend(facts)
+    ch = facts.chunks
+    blob = ch["blob_index"].astype(np.int64)
+    outside = np.flatnonzero(blob >= ext.n_source)
+    if outside.size:
+        o = int(outside[0])
+        raise PlanError(f"occurrence {o}: blob_index {blob[o]} is outside the blob table ({ext.n_source} blobs)")
+    home_blob = blob.copy()
+    home_index = ch["index"].copy()
+    home_coff = ch["compressed_offset"].copy()
+    home_uoff = ch["uncompressed_offset"].copy()
+    processed = ~ext.is_dict[blob]  # F1
+    digests = digest_columns(ch)
+
+    hit = np.zeros(len(ch), dtype=bool)
+    if facts.chunk_dict is not None:
+        dch = facts.chunk_dict.chunks
+        pos, dpos = _dict_hits(facts.chunk_dict, ch, digests, np.flatnonzero(processed))
+        _require_same_sizes(ch, pos, dch, dpos, "the chunk dict")
+        hit[pos] = True
+        home_blob[pos] = ext.real[dch["blob_index"][dpos]]  # F2
+        home_index[pos] = dch["index"][dpos]
+        home_coff[pos] = dch["compressed_offset"][dpos]
+        home_uoff[pos] = dch["uncompressed_offset"][dpos]
+
+    contenders = np.flatnonzero(processed & ~hit)
+    if facts.version == 6 and flags.v6_key == "offset":
+        keys = [blob[contenders], ch["compressed_offset"][contenders]]
+    else:
+        keys = [c[contenders] for c in digests]
+    first = contenders[first_equal(keys)]
+    winner = np.full(len(ch), -1, dtype=np.int64)
+    winner[contenders] = first
+    followers = contenders[first != contenders]
+    w = winner[followers]
+    _require_same_sizes(ch, followers, ch, w, "its first occurrence")
+    home_blob[followers] = blob[w]
+    home_index[followers] = home_index[w]
+    home_coff[followers] = home_coff[w]
+    home_uoff[followers] = home_uoff[w]
+    winners = contenders[first == contenders]
+    return Resolution(ext, home_blob, home_index, home_coff, home_uoff, winner, winners)
+
+
+def _dict_hits(
+    cd: DictFacts, ch: np.ndarray, digests: list[np.ndarray], candidates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(occurrence positions, dict chunk positions) of dict lookups that hit (§1.4).
+
+    The dict map keeps the first chunk per digest; a hit also needs that chunk's uncompressed
+    size to be 0 or equal to the occurrence's.
+    """
+    inner = cd.chunks["blob_index"].astype(np.int64)
+    bad = np.flatnonzero(inner >= len(cd.blobs))
+    if bad.size:
+        raise PlanError(
+            f"chunk dict: chunk {int(bad[0])} has blob_index {inner[bad[0]]}, "
+            f"outside its blob table ({len(cd.blobs)} blobs)"
+        )
+    usable = np.arange(len(cd.chunks))
+    if cd.digester is not None:
+        same = np.array([b.digester == cd.digester for b in cd.blobs], dtype=bool)
+        usable = usable[same[inner]]
+    ddig = digest_columns(cd.chunks[usable])
+    # Dict chunks first: the first equal row of an occurrence is then the dict's first chunk.
+    first = first_equal([np.concatenate([d, o[candidates]]) for d, o in zip(ddig, digests)])[len(usable) :]
+    found = first < len(usable)
+    pos, dpos = candidates[found], usable[first[found]]
+    dusz = cd.chunks["uncompressed_size"][dpos]
+    ok = (dusz == 0) | (dusz == ch["uncompressed_size"][pos])
+    return pos[ok], dpos[ok]
+
+
+def _require_same_sizes(ch: np.ndarray, pos: np.ndarray, src: np.ndarray, src_pos: np.ndarray, what: str) -> None:
+    """A redirect keeps the occurrence's sizes, so they must equal those of the chunk it now uses."""
+    for field in ("compressed_size", "uncompressed_size"):
+        bad = np.flatnonzero(ch[field][pos] != src[field][src_pos])
+        if bad.size:
+            k = int(bad[0])
+            o = int(pos[k])
+            raise PlanError(
+                f"chunk {bytes(ch['block_id'][o]).hex()}: different {field.replace('_', ' ')}: "
+                f"occurrence {o} has {int(ch[field][o])}, {what} has {int(src[field][src_pos[k]])}"
+            )
+
+
+@dataclass(slots=True)
+class _State:
+    kind: str  # ORIGINAL, REBUILD, DICT, DELETE
+    reason: str
+    total: int  # set.total of the chunks this blob won (before any merge)
+    count: int
+    size: int
+    size_source: str
+    ratio: int | None = None
+    merged_into: int | None = None
+
+
+def decide(facts: Facts, cfg: CompactConfig, flags: Flags) -> Decisions:
+    """Per-blob decisions of R (with the I-flags in ``flags``) for ``facts`` under ``cfg``."""
+    n_e = len(extend(facts).blobs)
+    if n_e < cfg.layers_to_compact:  # §1.10: checked before any chunk is looked at
+        reason = f"{n_e} blobs, fewer than layers_to_compact {cfg.layers_to_compact}"
+        return Decisions(facts.version, flags, (), (), (), reason)
+    res = resolve(facts, flags)
+    E = res.ext.blobs
+
+    ch = facts.chunks
+    wblob = ch["blob_index"][res.winners].astype(np.int64)
+    totals = np.zeros(len(E), dtype=np.int64)
+    np.add.at(totals, wblob, ch["compressed_size"][res.winners].astype(np.int64))
+    counts = np.bincount(wblob, minlength=len(E))
+    referenced = np.bincount(res.home_blob, minlength=len(E)) > 0
+
+    states = [
+        _initial_state(b, res.ext.is_dict[i], bool(referenced[i]), int(totals[i]), int(counts[i]), cfg, flags)
+        for i, b in enumerate(E)
+    ]
+    candidates = _merge_candidates(E, states, cfg)
+    _greedy_merge(E, states, candidates, cfg, flags)
+    blobs, groups = _finish(E, states, cfg)
+
+    noop = None
+    if all(d.action == "delete" for d in blobs):
+        noop = "the new blob table would be empty"
+    elif flags.i3_report_no_changes and _unchanged(facts, res, blobs):
+        noop = "no changes"
+    return Decisions(facts.version, flags, tuple(blobs), tuple(groups), tuple(candidates), noop)
+
+
+def _initial_state(
+    b: SourceBlob, is_dict: bool, referenced: bool, total: int, count: int, cfg: CompactConfig, flags: Flags
+) -> _State:
+    """States after §1.5–§1.8: DICT, DELETE (unreferenced), or ORIGINAL/REBUILD by used ratio."""
+    if is_dict:
+        if flags.i1_drop_unused_dict_blobs and not referenced:
+            return _State("DELETE", "DICT_UNUSED", total, count, b.compressed_size, "table")
+        return _State("DICT", "DICT_KEEP", total, count, b.compressed_size, "table")
+    if count == 0:
+        return _State("DELETE", "UNREFERENCED", total, count, b.compressed_size, "table")
+    size, source = b.compressed_size, "table"
+    if size == 0:
+        if b.observed_size is None or b.observed_size <= 0:  # F7: never divide by zero
+            seen = "no backend size is known"
+            if b.observed_size is not None:
+                seen = f"the backend reports {b.observed_size} bytes"
+            raise PlanError(f"blob {b.blob_id}: size 0 in the blob table and {seen}; cannot compute its used ratio")
+        size, source = b.observed_size, "backend"
+    ratio = total * 100 // size
+    if flags.ratio_u8_wrap:
+        ratio %= 256
+    kind, reason = ("REBUILD", "REBUILD_RATIO") if ratio < cfg.min_used_ratio else ("ORIGINAL", "KEEP")
+    return _State(kind, reason, total, count, size, source, ratio)
+
+
+def _merge_candidates(E: list[SourceBlob], states: list[_State], cfg: CompactConfig) -> list[Candidate]:
+    """§1.9: Original blobs by table size (referenced bytes if 0), Rebuild blobs by referenced bytes."""
+    cand = []
+    for i, s in enumerate(states):
+        if s.kind == "ORIGINAL":
+            cand.append(Candidate(i, E[i].compressed_size or s.total))
+        elif s.kind == "REBUILD":
+            cand.append(Candidate(i, s.total))
+    return [c for c in sorted(cand, key=lambda c: c.size) if c.size < cfg.compact_blob_size]
+
+
+def _greedy_merge(
+    E: list[SourceBlob], states: list[_State], candidates: list[Candidate], cfg: CompactConfig, flags: Flags
+) -> None:
+    """§1.9 pseudocode; with I4 once per compatibility class, classes in order of their first candidate."""
+    runs: dict[tuple[int, ...], list[int]] = {}
+    for c in candidates:
+        runs.setdefault(merge_class(E[c.index]) if flags.i4_compatible_merges_only else (), []).append(c.index)
+    cap = flags.i5_chunk_cap
+    for run in runs.values():
+        target = run[0]
+        # The target's current set: its own chunks plus everything merged into it so far.
+        total, count = states[target].total, states[target].count
+        for i in run[1:]:
+            s = states[i]
+            if total + s.total <= cfg.max_compact_size and (cap is None or count + s.count <= cap):
+                states[target].kind = "REBUILD"  # F6
+                total, count = total + s.total, count + s.count
+                s.kind, s.merged_into = "DELETE", target
+            else:
+                target, total, count = i, s.total, s.count
+
+
+def merge_class(b: SourceBlob) -> tuple[int, ...]:
+    """I4: blobs merge only within one (compressor, digester, addressing features) class."""
+    return (int(b.compressor), int(b.digester), int(b.features & MERGE_CLASS_FEATURES))
+
+
+def _finish(
+    E: list[SourceBlob], states: list[_State], cfg: CompactConfig
+) -> tuple[list[BlobDecision], list[MergeGroup]]:
+    """Groups (one per new blob, numbered in target order) and the per-blob decisions."""
+    members: dict[int, list[int]] = {}
+    for i, s in enumerate(states):
+        if s.kind == "REBUILD":
+            members.setdefault(i, []).append(i)
+        elif s.merged_into is not None:
+            members.setdefault(s.merged_into, []).append(i)
+    groups = [MergeGroup(g, t, tuple(sorted(m))) for g, (t, m) in enumerate(sorted(members.items()))]
+    group_of = {i: g for g in groups for i in g.members}
+    blobs = []
+    for i, s in enumerate(states):
+        g = group_of.get(i)
+        if g is None:
+            action = {"ORIGINAL": "keep", "DICT": "dict-keep", "DELETE": "delete"}[s.kind]
+            reason = s.reason
+        elif len(g.members) == 1:
+            action, reason = "rebuild", "REBUILD_RATIO"
+        else:
+            action, reason = "merge", "MERGE_TARGET" if i == g.target else "MERGED_INTO"
+        blobs.append(
+            BlobDecision(
+                index=i,
+                blob_id=E[i].blob_id,
+                action=action,
+                reason=reason,
+                used_bytes=s.total,
+                used_chunks=s.count,
+                size=s.size,
+                size_source=s.size_source,
+                ratio=s.ratio,
+                threshold=cfg.min_used_ratio,
+                group=None if g is None else g.group,
+            )
+        )
+    return blobs, groups
+
+
+def _unchanged(facts: Facts, res: Resolution, blobs: list[BlobDecision]) -> bool:
+    """I3: every E blob is a source blob kept in place and no occurrence was redirected."""
+    ch = facts.chunks
+    return (
+        res.ext.n_source == len(blobs)
+        and all(d.action in KEPT_ACTIONS for d in blobs)
+        and bool(np.array_equal(res.home_blob, ch["blob_index"]))
+        and bool(np.array_equal(res.home_index, ch["index"]))
+        and bool(np.array_equal(res.home_coff, ch["compressed_offset"]))
+        and bool(np.array_equal(res.home_uoff, ch["uncompressed_offset"]))
+    )
