@@ -1,0 +1,1037 @@
+"""RAFS v6 bootstrap reader and writer (rafs-v6.md).
+
+``load`` applies every nydusd 2.2 load-time check (§15.1–7) and, eagerly, the access-time checks
+(§15.8–13) to every inode, dirent and chunk address reachable from the root. ``dump`` lays a
+model out with the 2.2 directory builder's algorithm (§16), so a builder-made bootstrap
+round-trips byte for byte.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from .compression import Compressor
+from .digest import Digester
+from .errors import RafsFormatError
+from .flags import SUPER_FLAGS_KNOWN, BlobFeatures, SuperFlags, blob_features_valid
+from .model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, empty_chunks
+
+BLOCK = 4096
+SLOT = 32  # EROFS inode slot
+MIN_FILE_SIZE = 8192  # nydusd probes v5 first with an 8192-byte read (§1)
+SB_OFFSET = 1024
+EXT_OFFSET = 1152
+DEVT_SLOTOFF = 11
+DEVT_OFFSET = DEVT_SLOTOFF * 128
+EROFS_MAGIC = 0xE0F5E1E2
+V5_MAGIC = 0x52414653
+V5_VERSION = 0x500
+FEATURE_COMPAT_RAFS_V6 = 0x4000_0000
+FEATURE_INCOMPAT = 0x0C  # CHUNKED_FILE | DEVICE_TABLE
+ROOT_OFFSET = BLOCK  # the builder's root always lands here, so s_root_nid is 128 (§7)
+MAX_BLOBS = 255
+MAX_CI_INDEX = 1 << 24
+MAX_NAME = 255
+MIN_CHUNK, MAX_CHUNK = 0x1000, 0x100_0000
+QUIRK_MAPPED_BLKADDR = "v6_mapped_blkaddr"
+MAPPED_ALIGN = 512  # blocks: 2 MiB, the 2.3 device-slot rule (§4)
+
+FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED = 0, 2, 4
+CHUNK_FORMAT_INDEXES = 0x20
+
+SUPERBLOCK = struct.Struct("<IIIBBHQQIIII16s16sIHHH38s")
+EXT_SUPERBLOCK = struct.Struct("<QQIIQQQII200s")
+DEVICE_SLOT = struct.Struct("<64sII56s")
+BLOB_ENTRY = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ48s")
+INODE_EXTENDED = struct.Struct("<HHHHQIIIIQII16s")
+INODE_COMPACT = struct.Struct("<HHHHIIIIHHI")
+DIRENT = struct.Struct("<QHBB")
+XATTR_HEADER = struct.Struct("<IB7s")
+XATTR_ENTRY = struct.Struct("<BBH")
+_U32 = struct.Struct("<I")
+CHUNK_ADDR_DTYPE = np.dtype([("lo", "<u2"), ("hi", "<u2"), ("blk", "<u4")])
+assert (SUPERBLOCK.size, EXT_SUPERBLOCK.size, DEVICE_SLOT.size, BLOB_ENTRY.size) == (128, 256, 128, 256)
+assert (INODE_EXTENDED.size, INODE_COMPACT.size, CHUNK_ADDR_DTYPE.itemsize) == (64, 32, 8)
+
+_FILE_TYPES = {
+    stat.S_IFREG: 1,
+    stat.S_IFDIR: 2,
+    stat.S_IFCHR: 3,
+    stat.S_IFBLK: 4,
+    stat.S_IFIFO: 5,
+    stat.S_IFSOCK: 6,
+    stat.S_IFLNK: 7,
+}
+# RAFSV6_XATTR_TYPES (§9); the ACL entries come first so they win over no other prefix.
+_XATTR_PREFIXES = {
+    2: b"system.posix_acl_access",
+    3: b"system.posix_acl_default",
+    1: b"user.",
+    4: b"trusted.",
+    6: b"security.",
+}
+_COMPRESSION_FLAGS = (SuperFlags.COMPRESSION_NONE, SuperFlags.COMPRESSION_LZ4, SuperFlags.COMPRESSION_GZIP,
+                      SuperFlags.COMPRESSION_ZSTD)  # fmt: skip
+_HASH_FLAGS = (SuperFlags.HASH_BLAKE3, SuperFlags.HASH_SHA256)
+MODEL = "<model>"
+
+
+def _align(x: int, n: int) -> int:
+    return (x + n - 1) // n * n
+
+
+def _chunk_count(size: int, chunk_size: int) -> int:
+    return (size + chunk_size - 1) // chunk_size
+
+
+def _valid_chunk_size(size: int) -> bool:
+    return MIN_CHUNK <= size <= MAX_CHUNK and size & (size - 1) == 0
+
+
+def _mapped_blkaddrs(blobs: list[BlobInfo], file_size: int) -> list[int]:
+    """The 2.3 (commit 753890bb) device-slot rule: each blob mapped at the next 2 MiB boundary."""
+    out = []
+    addr = _align(file_size // BLOCK, MAPPED_ALIGN)
+    for blob in blobs:
+        out.append(addr)
+        addr = _align(addr + blob.uncompressed_size // BLOCK, MAPPED_ALIGN)
+    return out
+
+
+# =======================================================================================
+# Reader
+
+
+@dataclass(slots=True)
+class _Inode:
+    offset: int
+    layout: int
+    mode: int
+    nlink: int
+    size: int
+    i_u: int
+    uid: int
+    gid: int
+    mtime: int
+    mtime_nsec: int
+    extended: bool
+    xattrs: list[tuple[bytes, bytes]]
+    data_offset: int  # first byte after inode + xattrs
+
+
+def load(data: bytes, path: str) -> Bootstrap:
+    """Parse and fully validate a RAFS v6 bootstrap held in memory (``path`` names it in errors)."""
+    return _Reader(data, str(path)).load()
+
+
+def node_nids(data: bytes, path: str) -> list[int]:
+    """The nid of every node of ``load(data, path).nodes``, in the same order (hard links share one)."""
+    reader = _Reader(data, str(path))
+    reader.load()
+    return reader.nids
+
+
+class _Reader:
+    def __init__(self, data: bytes, path: str):
+        self.data = data
+        self.path = path
+        self.size = len(data)
+        # Many dirents may name one non-directory inode: parse it (and its target) once.
+        self._inodes: dict[int, _Inode] = {}
+        self._symlinks: dict[int, bytes] = {}
+        # In a well-formed image directory data regions are disjoint, so they fit in the file;
+        # shared dirent blocks could otherwise multiply the node count without bound.
+        self._dir_bytes = 0
+
+    def fail(self, check: str, offset: int | None = None) -> RafsFormatError:
+        return RafsFormatError(self.path, check, offset)
+
+    def load(self) -> Bootstrap:
+        self._superblock()
+        self._ext_superblock()
+        self.blobs = self._blob_table()
+        self.table = self._chunk_table()
+        nodes, self.nids, addrs, owners = self._walk()
+        chunks = self._join_chunks(addrs, owners)
+        prefetch = self._prefetch(self.nids)
+        quirks = frozenset()
+        if self.blobs and self._mapped == _mapped_blkaddrs(self.blobs, self.size):
+            quirks = frozenset({QUIRK_MAPPED_BLKADDR})
+        return Bootstrap(
+            version=6,
+            flags=self.flags,
+            chunk_size=self.chunk_size,
+            blobs=self.blobs,
+            nodes=nodes,
+            chunks=chunks,
+            prefetch=prefetch,
+            quirks=quirks,
+        )
+
+    # --- superblocks and tables (§15.1–7) -------------------------------------------
+
+    def _superblock(self) -> None:
+        d = self.data
+        if self.size < MIN_FILE_SIZE:
+            raise self.fail(f"§15.1 file is {self.size} bytes, nydusd needs at least {MIN_FILE_SIZE}")
+        if struct.unpack_from("<II", d, 0) == (V5_MAGIC, V5_VERSION):
+            raise self.fail("§15.1 this is a RAFS v5 bootstrap", 0)
+        (magic, checksum, compat, blkszbits, extslots, root_nid, inos, _, _, blocks, meta_blkaddr, xattr_blkaddr,
+         _, _, incompat, s_u, extra_devices, devt_slotoff, _) = SUPERBLOCK.unpack_from(d, SB_OFFSET)  # fmt: skip
+        checks = [
+            (self.size % BLOCK == 0, "§15.3a file size is not a multiple of 4096"),
+            (magic == EROFS_MAGIC, "§15.3b bad EROFS magic"),
+            (checksum == 0, "§15.3c s_checksum must be 0"),
+            (blkszbits == 12, "§15.3d s_blkszbits must be 12"),
+            (inos != 0, "§15.3e s_inos is 0"),
+            (extslots == 0, "§15.3f s_extslots must be 0"),
+            (s_u == 0, "§15.3g s_u must be 0"),
+            (xattr_blkaddr == 0, "§15.3h s_xattr_blkaddr must be 0"),
+            (extra_devices != 0 or blocks in (0, BLOCK), "§15.3i s_blocks without extra devices"),
+            (devt_slotoff == DEVT_SLOTOFF, "§15.3j s_devt_slotoff must be 11"),
+            (incompat == FEATURE_INCOMPAT, "§15.3k s_feature_incompat must be 0x0C"),
+            (compat & FEATURE_COMPAT_RAFS_V6, "§15.3l s_feature_compat lacks RAFS_V6"),
+        ]
+        for ok, check in checks:
+            if not ok:
+                raise self.fail(check, SB_OFFSET)
+        self.root_nid = root_nid
+        self.meta_base = meta_blkaddr * BLOCK
+        self.extra_devices = extra_devices
+
+    def _ext_superblock(self) -> None:
+        (flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pf_off, pf_size, _, _) = EXT_SUPERBLOCK.unpack_from(
+            self.data, EXT_OFFSET
+        )
+        size = self.size
+        if sum(1 for f in _COMPRESSION_FLAGS if flags & f) != 1:
+            raise self.fail("§15.4a exactly one compression flag must be set", EXT_OFFSET)
+        if sum(1 for f in _HASH_FLAGS if flags & f) != 1:
+            raise self.fail("§15.4b exactly one hash flag must be set", EXT_OFFSET)
+        if not _valid_chunk_size(chunk_size):
+            raise self.fail(f"§15.4c chunk size {chunk_size:#x} invalid", EXT_OFFSET)
+        if (bt_off % BLOCK or bt_off < BLOCK or bt_size % 256 or bt_off + bt_size > size or bt_off % 8
+                or bt_size % 8):  # fmt: skip
+            raise self.fail("§15.4d/6 blob table out of bounds or misaligned", EXT_OFFSET)
+        if ct_size and (ct_off < BLOCK or ct_off % BLOCK or ct_size % 80 or ct_off + ct_size > size
+                        or _overlap(ct_off, ct_size, bt_off, bt_size)):  # fmt: skip
+            raise self.fail("§15.4e chunk table out of bounds, misaligned or overlapping", EXT_OFFSET)
+        if pf_size and pf_off and (pf_off < BLOCK or pf_size % 4 or pf_off + pf_size > size or pf_off % 8
+                                   or _overlap(pf_off, pf_size, bt_off, bt_size)):  # fmt: skip
+            raise self.fail("§15.4f prefetch table out of bounds, misaligned or overlapping", EXT_OFFSET)
+        if flags & ~SUPER_FLAGS_KNOWN:
+            raise self.fail(f"§15.5 unknown superblock flags {flags & ~SUPER_FLAGS_KNOWN:#x}", EXT_OFFSET)
+        nblobs = bt_size // 256
+        if self.extra_devices != nblobs or DEVT_OFFSET + 128 * nblobs > bt_off:
+            raise self.fail(f"{self.extra_devices} device slots for {nblobs} blobs", SB_OFFSET)
+        self.flags = flags
+        self.chunk_size = chunk_size
+        self.bt_off, self.nblobs = bt_off, nblobs
+        self.ct_off, self.ct_size = ct_off, ct_size
+        self.pf_off, self.pf_size = (pf_off, pf_size) if pf_off else (0, 0)
+
+    def _blob_table(self) -> list[BlobInfo]:
+        blobs = []
+        self._mapped = []
+        for idx in range(self.nblobs):
+            off = self.bt_off + 256 * idx
+            (raw_id, blob_index, chunk_size, chunk_count, comp, dig, features, csize, usize, toc_size, ci_comp,
+             ci_off, ci_csize, ci_usize, toc_digest, meta_digest, meta_size, _) = BLOB_ENTRY.unpack_from(
+                self.data, off)  # fmt: skip
+            try:
+                blob_id = raw_id.decode().rstrip("\x00")
+            except UnicodeDecodeError:
+                raise self.fail("§15.7a blob id is not UTF-8", off) from None
+            count_ok = chunk_count * 16
+            if features & BlobFeatures.CHUNK_INFO_V2:
+                count_ok = chunk_count * 24
+            v2, zran = features & BlobFeatures.CHUNK_INFO_V2, features & BlobFeatures.ZRAN
+            ci_size_ok = (ci_usize >= count_ok) if (v2 and zran) else (not zran and ci_usize == count_ok)
+            checks = [
+                (blob_index == idx, "§15.7b blob_index differs from its position"),
+                (chunk_size == self.chunk_size and _valid_chunk_size(chunk_size), "§15.7c blob chunk_size"),
+                (chunk_count <= MAX_CI_INDEX, "§15.7d chunk_count above 2^24"),
+                (comp <= 3 and ci_comp <= 3 and dig <= 1, "§15.7e unknown compression or digest algorithm"),
+                (usize <= 1 << 44 and csize <= 1 << 40, "§15.7f blob sizes out of range"),
+                (blob_features_valid(features), "§15.7g invalid blob features"),
+                (features & BlobFeatures.ALIGNED, "§15.7h blob lacks the ALIGNED feature"),
+                (ci_off + ci_csize < 1 << 64 and ci_csize <= ci_usize, "§15.7i ci_offset/ci_compressed_size"),
+                (ci_size_ok, "§15.7j ci_uncompressed_size does not fit chunk_count"),
+            ]
+            for ok, check in checks:
+                if not ok:
+                    raise self.fail(check, off)
+            blobs.append(
+                BlobInfo(
+                    blob_id=blob_id,
+                    chunk_count=chunk_count,
+                    compressed_size=csize,
+                    uncompressed_size=usize,
+                    features=features,
+                    compressor=Compressor(comp),
+                    digester=Digester(dig),
+                    chunk_size=chunk_size,
+                    blob_toc_size=toc_size,
+                    ci_compressor=ci_comp,
+                    ci_offset=ci_off,
+                    ci_compressed_size=ci_csize,
+                    ci_uncompressed_size=ci_usize,
+                    blob_toc_digest=toc_digest,
+                    blob_meta_digest=meta_digest,
+                    blob_meta_size=meta_size,
+                )
+            )
+            self._mapped.append(DEVICE_SLOT.unpack_from(self.data, DEVT_OFFSET + 128 * idx)[2])
+        return blobs
+
+    def _chunk_table(self) -> np.ndarray:
+        return np.frombuffer(self.data, dtype=CHUNK_DTYPE, count=self.ct_size // 80, offset=self.ct_off).copy()
+
+    def _prefetch(self, nids: list[int]) -> list[int | None]:
+        if not self.pf_size:
+            return []
+        first: dict[int, int] = {}
+        for pos, nid in enumerate(nids):
+            first.setdefault(nid, pos)
+        out: list[int | None] = []
+        table = np.frombuffer(self.data, dtype="<u4", count=self.pf_size // 4, offset=self.pf_off)
+        for k, nid in enumerate(table.tolist()):
+            if nid == 0:
+                out.append(None)
+            elif nid in first:
+                out.append(first[nid])
+            else:
+                raise self.fail(f"prefetch entry {k} names nid {nid}, which is not in the tree", self.pf_off + 4 * k)
+        return out
+
+    # --- inodes and data (§15.8–12) -------------------------------------------------
+
+    def _inode(self, nid: int) -> _Inode:
+        ino = self._inodes.get(nid)
+        if ino is None:
+            ino = self._inodes[nid] = self._parse_inode(nid)
+        return ino
+
+    def _parse_inode(self, nid: int) -> _Inode:
+        off = self.meta_base + nid * SLOT
+        d = self.data
+        if off + 32 > self.size:
+            raise self.fail(f"§15.8 inode of nid {nid} outside the file", off)
+        i_format = struct.unpack_from("<H", d, off)[0]
+        extended = bool(i_format & 1)
+        if extended:
+            if off + 64 > self.size:
+                raise self.fail(f"§15.8 inode of nid {nid} outside the file", off)
+            fields = INODE_EXTENDED.unpack_from(d, off)
+            (_, icount, mode, _, size, i_u, _, uid, gid, mtime, mtime_nsec, nlink, _) = fields
+            isize = 64
+        else:
+            (_, icount, mode, nlink, size, _, i_u, _, uid, gid, _) = INODE_COMPACT.unpack_from(d, off)
+            mtime = mtime_nsec = 0
+            isize = 32
+        if i_format & ~0xF:
+            raise self.fail(f"§15.9 i_format {i_format:#x} uses bits above 3", off)
+        layout = (i_format >> 1) & 7
+        if layout not in (FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED):
+            raise self.fail(f"§15.9 unsupported data layout {layout}", off)
+        xattrs: list[tuple[bytes, bytes]] = []
+        data_offset = off + isize
+        if icount:
+            xsize = 12 + (icount - 1) * 4
+            if data_offset + xsize > self.size:
+                raise self.fail("§15.12 xattr area outside the file", data_offset)
+            xattrs = self._xattrs(data_offset + 12, data_offset + xsize)
+            data_offset += xsize
+        return _Inode(off, layout, mode, nlink, size, i_u, uid, gid, mtime, mtime_nsec, extended, xattrs, data_offset)
+
+    def _xattrs(self, pos: int, end: int) -> list[tuple[bytes, bytes]]:
+        out = []
+        while pos < end:
+            if pos + 4 > end:
+                raise self.fail("§15.12 truncated xattr entry", pos)
+            name_len, index, value_size = XATTR_ENTRY.unpack_from(self.data, pos)
+            if name_len + value_size > end - pos - 4:
+                raise self.fail("§15.12 xattr entry larger than the xattr area", pos)
+            prefix = _XATTR_PREFIXES.get(index)
+            if prefix is None:
+                raise self.fail(f"§15.12 unknown xattr prefix index {index}", pos)
+            name = self.data[pos + 4 : pos + 4 + name_len]
+            value = self.data[pos + 4 + name_len : pos + 4 + name_len + value_size]
+            out.append((prefix + name, value))
+            pos += _align(4 + name_len + value_size, 4)
+        return out
+
+    def _flat_data(self, ino: _Inode) -> bytes:
+        """The bytes of a FLAT_PLAIN / FLAT_INLINE inode (§10), bounds-checked."""
+        if ino.layout == CHUNK_BASED:
+            raise self.fail("§15.9 reading a CHUNK_BASED inode as flat data", ino.offset)
+        size = ino.size
+        nblocks = _chunk_count(size, BLOCK)
+        full = nblocks - 1 if ino.layout == FLAT_INLINE and nblocks else nblocks
+        start = ino.i_u * BLOCK
+        body_len = min(size, full * BLOCK)
+        if start + body_len > self.size:
+            raise self.fail("flat data blocks outside the file", ino.offset)
+        body = self.data[start : start + body_len]
+        tail = size - body_len
+        if not tail:
+            return body
+        pos = ino.data_offset
+        if pos % BLOCK + tail > BLOCK or pos + tail > self.size:
+            raise self.fail("inline tail crosses a block boundary or the file end", ino.offset)
+        return body + self.data[pos : pos + tail]
+
+    def _dirents(self, ino: _Inode) -> list[tuple[bytes, int]]:
+        self._dir_bytes += ino.size
+        if self._dir_bytes > self.size:
+            raise self.fail("directory data exceeds the file size (shared dirent blocks?)", ino.offset)
+        content = self._flat_data(ino)
+        entries: list[tuple[bytes, int]] = []
+        for bstart in range(0, len(content), BLOCK):
+            blk = content[bstart : bstart + BLOCK]
+            if len(blk) < DIRENT.size:
+                raise self.fail("§15.10 directory block too short for a dirent", ino.offset)
+            first_nameoff = DIRENT.unpack_from(blk, 0)[1]
+            if first_nameoff % 12 or not 0 < first_nameoff < len(blk):
+                raise self.fail(f"§15.10 bad first e_nameoff {first_nameoff}", ino.offset)
+            raw = list(DIRENT.iter_unpack(blk[:first_nameoff]))
+            for j, (nid, nameoff, _, _) in enumerate(raw):
+                end = raw[j + 1][1] if j + 1 < len(raw) else len(blk)
+                if not first_nameoff <= nameoff <= end <= len(blk):
+                    raise self.fail(f"§15.10 e_nameoff {nameoff} not monotonic", ino.offset)
+                name = blk[nameoff:end]
+                if j + 1 == len(raw):
+                    name = name.split(b"\x00", 1)[0]
+                if not name or b"/" in name or b"\x00" in name:
+                    raise self.fail(f"invalid dirent name {name!r}", ino.offset)
+                if entries and name <= entries[-1][0]:
+                    raise self.fail(f"dirents not strictly sorted at {name!r}", ino.offset)
+                entries.append((name, nid))
+        return entries
+
+    def _node(self, ino: _Inode, name: bytes, path: bytes, parent: int) -> Node:
+        fmt = stat.S_IFMT(ino.mode)
+        if fmt not in _FILE_TYPES:
+            raise self.fail(f"unknown file type in mode {ino.mode:#o}", ino.offset)
+        node = Node(
+            name=name,
+            path=path,
+            mode=ino.mode,
+            uid=ino.uid,
+            gid=ino.gid,
+            mtime=ino.mtime,
+            mtime_nsec=ino.mtime_nsec,
+            size=ino.size,
+            nlink=ino.nlink,
+            xattrs=ino.xattrs,
+            parent=parent,
+        )
+        if fmt == stat.S_IFLNK:
+            if ino.size > BLOCK:
+                raise self.fail(f"§15.11 symlink i_size {ino.size} above 4096", ino.offset)
+            target = self._symlinks.get(ino.offset)
+            if target is None:
+                target = self._symlinks[ino.offset] = self._flat_data(ino)
+            node.symlink = target
+        elif fmt == stat.S_IFREG:
+            if ino.layout != CHUNK_BASED:
+                raise self.fail("regular file is not CHUNK_BASED", ino.offset)
+        elif fmt != stat.S_IFDIR and ino.extended:
+            node.rdev = ino.i_u
+        return node
+
+    def _chunk_addrs(self, ino: _Inode) -> tuple[int, int]:
+        """(file offset, count) of a regular file's chunk address array."""
+        count = _chunk_count(ino.size, self.chunk_size)
+        start = _align(ino.data_offset, 8)
+        if start + 8 * count > self.size:
+            raise self.fail(f"chunk address array of {count} entries outside the file", ino.offset)
+        return start, count
+
+    def _walk(self) -> tuple[list[Node], list[int], list[tuple[int, int]], list[int]]:
+        """Nodes in builder order (§16.1), their nids, and each file's chunk address array with its inode offset."""
+        root_ino = self._inode(self.root_nid)
+        if not stat.S_ISDIR(root_ino.mode):
+            raise self.fail("root inode is not a directory", root_ino.offset)
+        root = self._node(root_ino, b"/", b"/", -1)
+        root.link = 0
+        nodes, nids, inodes = [root], [self.root_nid], {0: root_ino}
+        seen_dirs = {self.root_nid}
+        first_link: dict[int, int] = {}  # regular-file nid -> first node position
+        addrs: list[tuple[int, int]] = []
+        owners: list[int] = []
+        chunk_total = 0
+
+        def expand(pos: int) -> list[int]:
+            nonlocal chunk_total
+            parent = nodes[pos]
+            prefix = parent.path if pos else b""
+            subdirs = []
+            for name, nid in self._dirents(inodes.pop(pos)):
+                if name in (b".", b".."):
+                    continue
+                child_pos = len(nodes)
+                ino = self._inode(nid)
+                child = self._node(ino, name, prefix + b"/" + name, pos)
+                child.link = child_pos
+                if child.is_dir:
+                    if nid in seen_dirs:
+                        raise self.fail(f"directory nid {nid} reachable twice (cycle?)", ino.offset)
+                    seen_dirs.add(nid)
+                    inodes[child_pos] = ino
+                    subdirs.append(child_pos)
+                elif child.is_reg and nid in first_link:
+                    head = nodes[first_link[nid]]
+                    child.link, child.chunk_start, child.chunk_count = head.link, head.chunk_start, head.chunk_count
+                elif child.is_reg:
+                    first_link[nid] = child_pos
+                    start, count = self._chunk_addrs(ino)
+                    child.chunk_start, child.chunk_count = chunk_total, count
+                    chunk_total += count
+                    addrs.append((start, count))
+                    owners.append(ino.offset)
+                nodes.append(child)
+                nids.append(nid)
+                parent.children.append(child_pos)
+            return subdirs
+
+        stack = [iter(expand(0))]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                stack.pop()
+            else:
+                stack.append(iter(expand(nxt)))
+        return nodes, nids, addrs, owners
+
+    # --- chunks (§13, §14, §15.13) --------------------------------------------------
+
+    def _join_chunks(self, addrs: list[tuple[int, int]], owners: list[int]) -> np.ndarray:
+        counts = np.array([c for _, c in addrs], dtype=np.int64)
+        total = int(counts.sum())
+        if total == 0:
+            return empty_chunks()
+        # Chunk address arrays are 8-aligned in a file whose size is a 4096 multiple.
+        file_addrs = np.frombuffer(self.data, dtype=CHUNK_ADDR_DTYPE)
+        all_addrs = file_addrs[_gather_index([(start // 8, count) for start, count in addrs])]
+        owner_of = np.repeat(np.arange(len(addrs)), counts)
+        device = (all_addrs["hi"] & 0xFF).astype(np.int64)
+        ci_index = ((all_addrs["hi"].astype(np.uint64) >> np.uint64(8)) << np.uint64(16)) | all_addrs["lo"]
+        bad = np.flatnonzero((device < 1) | (device > len(self.blobs)))
+        if len(bad):
+            raise self.fail(f"§15.13 chunk address with device id {int(device[bad[0]])}", owners[owner_of[bad[0]]])
+        blob_index = device - 1
+        chunk_counts = np.array([b.chunk_count for b in self.blobs], dtype=np.uint64)
+        bad = np.flatnonzero(ci_index >= chunk_counts[blob_index])
+        if len(bad):
+            raise self.fail("§15.13 chunk address ci index beyond its blob's chunk_count", owners[owner_of[bad[0]]])
+        keys = (blob_index.astype(np.uint64) << np.uint64(56)) | (ci_index << np.uint64(32)) | all_addrs["blk"]
+
+        table = self.table
+        t_uoff = table["uncompressed_offset"]
+        usable = (table["blob_index"] < 256) & (table["index"] < MAX_CI_INDEX) & (t_uoff % BLOCK == 0)
+        usable &= t_uoff < np.uint64(BLOCK << 32)
+        rows = np.flatnonzero(usable)
+        t_keys = (
+            (table["blob_index"][rows].astype(np.uint64) << np.uint64(56))
+            | (table["index"][rows].astype(np.uint64) << np.uint64(32))
+            | (t_uoff[rows] // np.uint64(BLOCK))
+        )
+        order = np.argsort(t_keys, kind="stable")
+        sorted_keys = t_keys[order]
+        # nydusd's chunk map is a HashMap filled in table order: the last duplicate wins.
+        pos = np.searchsorted(sorted_keys, keys, side="right") - 1
+        found = pos >= 0
+        found[found] = sorted_keys[pos[found]] == keys[found]
+        bad = np.flatnonzero(~found)
+        if len(bad):
+            i = int(bad[0])
+            raise self.fail(
+                f"§14 chunk address (blob {int(blob_index[i])}, ci {int(ci_index[i])}, blk {int(all_addrs['blk'][i])})"
+                " has no chunk-table entry",
+                owners[owner_of[i]],
+            )
+        chunks = table[rows[order[pos]]]
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        chunks["file_offset"] = (np.arange(total) - starts).astype(np.uint64) * np.uint64(self.chunk_size)
+        return chunks
+
+
+def _gather_index(ranges: list[tuple[int, int]]) -> np.ndarray:
+    """Positions start..start+count-1 of every (start, count) range, concatenated."""
+    starts = np.array([s for s, _ in ranges], dtype=np.int64)
+    counts = np.array([c for _, c in ranges], dtype=np.int64)
+    firsts = np.cumsum(counts) - counts
+    return np.repeat(starts - firsts, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+
+
+def _overlap(a_off: int, a_size: int, b_off: int, b_size: int) -> bool:
+    return a_off < b_off + b_size and b_off < a_off + a_size
+
+
+# =======================================================================================
+# Writer
+
+
+class _Allocator:
+    """The builder's metadata cursor with its queues of partly used blocks (§16.2)."""
+
+    def __init__(self) -> None:
+        self.cursor = ROOT_OFFSET
+        self.available: list[deque[int]] = [deque() for _ in range(BLOCK // SLOT)]
+        self.nonempty = 0  # bit k set iff available[k] is not empty
+
+    def append_available(self, off: int) -> None:
+        if off % BLOCK:
+            k = (BLOCK - off % BLOCK) // SLOT
+            self.available[k].append(off - off % BLOCK)
+            self.nonempty |= 1 << k
+
+    def allocate_available(self, size: int) -> int:
+        """An offset in a reused block with room for ``size`` bytes, or 0 (the first queue k >= need wins)."""
+        if size >= BLOCK:
+            return 0
+        need = _chunk_count(size, SLOT)
+        candidates = self.nonempty >> need
+        if not candidates:
+            return 0
+        k = need + (candidates & -candidates).bit_length() - 1
+        queue = self.available[k]
+        off = queue.popleft() + BLOCK - SLOT * k
+        if not queue:
+            self.nonempty &= ~(1 << k)
+        self.append_available(off + SLOT * need)
+        return off
+
+    def align(self, n: int) -> None:
+        self.cursor = _align(self.cursor, n)
+
+    def take(self, size: int) -> int:
+        off = self.cursor
+        self.cursor += size
+        return off
+
+
+@dataclass(slots=True)
+class _Placed:
+    offset: int = 0  # relative to orig_meta_addr = 0
+    layout: int = FLAT_PLAIN
+    data_offset: int = 0  # dirents_offset: start of the full flat blocks
+    xattr_blob: bytes = b""
+    inode_size: int = 64
+
+
+def dump(bs: Bootstrap) -> bytes:
+    """Serialize ``bs`` as the 2.2 directory builder would (extended inodes only, §16)."""
+    return _Writer(bs).dump()
+
+
+class _Writer:
+    def __init__(self, bs: Bootstrap):
+        self.bs = bs
+        self.nodes = bs.nodes
+        self.buf = bytearray()
+
+    def dump(self) -> bytes:
+        try:
+            return self._dump()
+        except struct.error as exc:
+            raise RafsFormatError(MODEL, f"a value does not fit its on-disk field: {exc}") from None
+
+    def _dump(self) -> bytes:
+        bs = self.bs
+        self._check_model()
+        n = len(self.nodes)
+        self.children = [sorted(node.children, key=lambda c: self.nodes[c].name) for node in self.nodes]
+        self.placed = [_Placed() for _ in range(n)]
+        self.dir_blocks: dict[int, list[list[tuple[bytes, int]]]] = {}
+        self.dir_size: dict[int, int] = {}
+        self._allocate()
+
+        nblobs = len(bs.blobs)
+        bt_off = _align(DEVT_OFFSET + 128 * nblobs, BLOCK)
+        bt_size = 256 * nblobs
+        # With no blob the metadata starts at 0 and the root would overlap a prefetch table.
+        prefetch = bs.prefetch if nblobs else []
+        pf_off = bt_off + bt_size if prefetch else 0
+        pf_size = 4 * len(prefetch)
+        self.shift = _align(bt_off + bt_size + pf_size, BLOCK) if nblobs else 0
+
+        self._put(0, bytes(BLOCK))
+        has_xattr = self._write_nodes()
+        for k, pos in enumerate(prefetch):
+            nid = 0 if pos is None else self.placed[pos].offset // SLOT
+            self._put(pf_off + 4 * k, _U32.pack(nid))
+
+        ct_off = _align(len(self.buf), BLOCK)
+        table = self._chunk_table()
+        self._put(ct_off, table.tobytes())
+        file_size = _align(ct_off + len(table) * 80, BLOCK)
+        self.buf.extend(bytes(file_size - len(self.buf)))
+
+        flags = bs.flags & ~(SuperFlags.INLINED_CHUNK_DIGEST | SuperFlags.HAS_XATTR)
+        if all(b.features & BlobFeatures.INLINED_CHUNK_DIGEST for b in bs.blobs):
+            flags |= SuperFlags.INLINED_CHUNK_DIGEST
+        if has_xattr:
+            flags |= SuperFlags.HAS_XATTR
+        blocks = [b.uncompressed_size // BLOCK for b in bs.blobs]
+        sb = SUPERBLOCK.pack(EROFS_MAGIC, 0, FEATURE_COMPAT_RAFS_V6, 12, 0, ROOT_OFFSET // SLOT, n, 0, 0,
+                             sum(blocks), self.shift // BLOCK, 0, bytes(16), bytes(16), FEATURE_INCOMPAT, 0, nblobs,
+                             DEVT_SLOTOFF, bytes(38))  # fmt: skip
+        ext = EXT_SUPERBLOCK.pack(int(flags), bt_off, bt_size, bs.chunk_size, ct_off, len(table) * 80, pf_off,
+                                  pf_size, 0, bytes(200))  # fmt: skip
+        self._put(SB_OFFSET, sb)
+        self._put(EXT_OFFSET, ext)
+        mapped = [0] * nblobs
+        if QUIRK_MAPPED_BLKADDR in bs.quirks:
+            mapped = _mapped_blkaddrs(bs.blobs, file_size)
+        for idx, blob in enumerate(bs.blobs):
+            slot = DEVICE_SLOT.pack(blob.blob_id.encode(), blocks[idx], mapped[idx], bytes(56))
+            self._put(DEVT_OFFSET + 128 * idx, slot)
+            self._put(bt_off + 256 * idx, _pack_blob(idx, blob))
+        return bytes(self.buf)
+
+    def _put(self, off: int, data: bytes) -> None:
+        end = off + len(data)
+        if end > len(self.buf):
+            self.buf.extend(bytes(end - len(self.buf)))
+        self.buf[off:end] = data
+
+    # --- model checks -----------------------------------------------------------------
+
+    def _check_model(self) -> None:
+        bs, nodes = self.bs, self.nodes
+
+        def refuse(check: str) -> RafsFormatError:
+            return RafsFormatError(MODEL, check)
+
+        if not _valid_chunk_size(bs.chunk_size):
+            raise refuse(f"chunk size {bs.chunk_size:#x} is not a power of two in 4 KiB..16 MiB")
+        if sum(1 for f in _COMPRESSION_FLAGS if bs.flags & f) != 1 or sum(1 for f in _HASH_FLAGS if bs.flags & f) != 1:
+            raise refuse(f"flags {bs.flags:#x} need exactly one compression and one hash bit")
+        if bs.flags & ~SUPER_FLAGS_KNOWN:
+            raise refuse(f"unknown superblock flags {bs.flags & ~SUPER_FLAGS_KNOWN:#x}")
+        if len(bs.blobs) > MAX_BLOBS:
+            raise refuse(f"{len(bs.blobs)} blobs: RAFS v6 holds at most {MAX_BLOBS}")
+        for idx, blob in enumerate(bs.blobs):
+            if len(blob.blob_id.encode()) > 64:
+                raise refuse(f"blob {idx}: id longer than 64 bytes")
+            if blob.chunk_size != bs.chunk_size:
+                raise refuse(f"blob {idx}: chunk_size {blob.chunk_size:#x} differs from the image's")
+            if blob.uncompressed_size % BLOCK or blob.uncompressed_size // BLOCK >= 1 << 32:
+                raise refuse(f"blob {idx}: uncompressed_size {blob.uncompressed_size} is not a 4K block count")
+            if not blob.features & BlobFeatures.ALIGNED or not blob_features_valid(blob.features):
+                raise refuse(f"blob {idx}: features {blob.features:#x} do not load in v6 (ALIGNED needed)")
+            if not 0 < blob.chunk_count <= MAX_CI_INDEX:
+                raise refuse(f"blob {idx}: chunk_count {blob.chunk_count} outside 1..2^24")
+        if not nodes or not nodes[0].is_dir:
+            raise refuse("the root must be a directory")
+        seen = [False] * len(nodes)
+        seen[0] = True
+        for pos, node in enumerate(nodes):
+            for c in node.children:
+                if not 0 < c < len(nodes) or seen[c] or nodes[c].parent != pos:
+                    raise refuse(f"{node.path!r}: inconsistent child {c}")
+                seen[c] = True
+            if len({nodes[c].name for c in node.children}) != len(node.children):
+                raise refuse(f"{node.path!r}: two children share a name")
+            if pos and (not 0 < len(node.name) <= MAX_NAME or node.name in (b".", b"..")
+                        or b"/" in node.name or b"\x00" in node.name):  # fmt: skip
+                raise refuse(f"{node.path!r}: name must be 1..255 bytes without '/' or NUL")
+            if node.children and not node.is_dir:
+                raise refuse(f"{node.path!r}: only directories have children")
+            if stat.S_IFMT(node.mode) not in _FILE_TYPES:
+                raise refuse(f"{node.path!r}: unknown file type {node.mode:#o}")
+            if node.is_symlink and (not node.symlink or len(node.symlink) > BLOCK):
+                raise refuse(f"{node.path!r}: symlink target must be 1..4096 bytes")
+            if node.is_reg and (
+                node.chunk_count != _chunk_count(node.size, bs.chunk_size)
+                or node.chunk_start < 0
+                or node.chunk_start + node.chunk_count > len(bs.chunks)
+            ):
+                raise refuse(f"{node.path!r}: chunk range does not cover i_size {node.size}")
+            for name, value in node.xattrs:
+                _split_xattr(name, node.path)
+                if len(value) > 0xFFFF:
+                    raise refuse(f"{node.path!r}: xattr value of {len(value)} bytes")
+        if not all(seen):
+            raise refuse(f"node {seen.index(False)} is not reachable from the root")
+        chunks = bs.chunks
+        if len(chunks):
+            uoff = chunks["uncompressed_offset"]
+            if np.any(chunks["blob_index"] >= len(bs.blobs)):
+                raise refuse("a chunk names a blob outside the blob table")
+            if np.any(chunks["index"] >= MAX_CI_INDEX):
+                raise refuse("a chunk index is 2^24 or more (v6 stores 24 bits)")
+            if np.any(uoff % BLOCK) or np.any(uoff >= np.uint64(BLOCK << 32)):
+                raise refuse("a chunk's uncompressed offset is not a 32-bit 4K block address")
+        for pos in bs.prefetch:
+            if pos is not None and not 0 <= pos < len(nodes):
+                raise refuse(f"prefetch entry {pos} is not a node")
+
+    # --- layout (§16.1, §16.2) --------------------------------------------------------
+
+    def _inode_size(self, pos: int) -> int:
+        placed = self.placed[pos]
+        placed.xattr_blob = _encode_xattrs(self.nodes[pos].xattrs)
+        placed.inode_size = 64 + len(placed.xattr_blob)
+        return placed.inode_size
+
+    def _place_with_tail(self, pos: int, d: int) -> None:
+        alloc, placed = self.alloc, self.placed[pos]
+        isz = self._inode_size(pos)
+        tail = d % BLOCK
+        if tail and isz + tail <= BLOCK:
+            off = alloc.allocate_available(isz + tail)
+            if not off:
+                if BLOCK - alloc.cursor % BLOCK < isz + tail:
+                    alloc.append_available(alloc.cursor)
+                    alloc.align(BLOCK)
+                off = alloc.take(isz + tail)
+            if d != tail:
+                alloc.append_available(alloc.cursor)
+                alloc.align(BLOCK)
+            placed.data_offset = alloc.take(d - tail)
+            placed.layout = FLAT_INLINE
+        else:
+            off = alloc.allocate_available(isz) or alloc.take(isz)
+            alloc.append_available(alloc.cursor)
+            alloc.align(BLOCK)
+            placed.data_offset = alloc.take(d)
+            alloc.align(BLOCK)
+            placed.layout = FLAT_PLAIN
+        placed.offset = off
+
+    def _place_dir(self, pos: int) -> None:
+        entries = [(b".", pos), (b"..", max(self.nodes[pos].parent, 0))]
+        entries += [(self.nodes[c].name, c) for c in self.children[pos]]
+        entries.sort()
+        blocks: list[list[tuple[bytes, int]]] = [[]]
+        used = 0
+        for name, target in entries:
+            if used + 12 + len(name) > BLOCK:
+                blocks.append([])
+                used = 0
+            blocks[-1].append((name, target))
+            used += 12 + len(name)
+        self.dir_blocks[pos] = blocks
+        self.dir_size[pos] = BLOCK * (len(blocks) - 1) + used
+        self._place_with_tail(pos, self.dir_size[pos])
+        self.alloc.align(SLOT)
+
+    def _place_non_dir(self, pos: int, groups: dict[int, int]) -> None:
+        node, alloc, placed = self.nodes[pos], self.alloc, self.placed[pos]
+        if node.is_reg:
+            group = node.link if 0 <= node.link < len(self.nodes) else pos
+            if group in groups:
+                if _inode_facts(node) != _inode_facts(self.nodes[groups[group]]):
+                    raise RafsFormatError(MODEL, f"{node.path!r}: hard links of one inode carry different metadata")
+                first = self.placed[groups[group]]
+                placed.offset, placed.inode_size, placed.xattr_blob = first.offset, first.inode_size, first.xattr_blob
+                placed.layout = CHUNK_BASED
+                return
+            groups[group] = pos
+            isz = self._inode_size(pos)
+            placed.layout = CHUNK_BASED
+            total = _align(isz, 8) + 8 * node.chunk_count
+            off = alloc.allocate_available(total)
+            if not off:
+                off = alloc.take(isz)
+                alloc.align(8)
+                alloc.take(8 * node.chunk_count)
+            placed.offset = off
+        elif node.is_symlink:
+            self._place_with_tail(pos, len(node.symlink or b""))
+        else:
+            placed.offset = alloc.take(self._inode_size(pos))
+        alloc.align(SLOT)
+
+    def _allocate(self) -> None:
+        self.alloc = _Allocator()
+        groups: dict[int, int] = {}
+
+        def expand(pos: int) -> list[int]:
+            self._place_dir(pos)
+            for c in self.children[pos]:
+                if not self.nodes[c].is_dir:
+                    self._place_non_dir(c, groups)
+            return [c for c in self.children[pos] if self.nodes[c].is_dir]
+
+        stack = [iter(expand(0))]
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                stack.pop()
+            else:
+                stack.append(iter(expand(nxt)))
+
+    # --- serialization (§16.3) --------------------------------------------------------
+
+    def _write_nodes(self) -> bool:
+        nodes, shift, bs = self.nodes, self.shift, self.bs
+        subdirs = [0] * len(nodes)
+        group_size: dict[int, int] = {}
+        for pos, node in enumerate(nodes):
+            if node.is_dir and pos:
+                subdirs[node.parent] += 1
+            if node.is_reg:
+                group_size[self.placed[pos].offset] = group_size.get(self.placed[pos].offset, 0) + 1
+        chunk_words = self._chunk_format_words()
+        addr_bytes = _chunk_addresses(bs.chunks)
+        written: set[int] = set()
+        has_xattr = False
+        for pos, node in enumerate(nodes):
+            placed = self.placed[pos]
+            if placed.offset in written:
+                continue
+            written.add(placed.offset)
+            has_xattr |= bool(placed.xattr_blob)
+            off = placed.offset + shift
+            inode_end = off + placed.inode_size
+            if node.is_dir:
+                size, nlink, i_u = self.dir_size[pos], 2 + subdirs[pos], (placed.data_offset + shift) // BLOCK
+                self._write_dir(pos, placed.data_offset + shift, inode_end)
+            elif node.is_symlink:
+                target = node.symlink or b""
+                size, nlink, i_u = len(target), node.nlink, (placed.data_offset + shift) // BLOCK
+                self._put(inode_end if placed.layout == FLAT_INLINE else placed.data_offset + shift, target)
+            elif node.is_reg:
+                size, nlink, i_u = node.size, group_size[placed.offset], chunk_words[pos]
+                start = node.chunk_start * 8
+                self._put(_align(inode_end, 8), addr_bytes[start : start + node.chunk_count * 8])
+            else:
+                size, nlink, i_u = node.size, node.nlink, node.rdev & 0xFFFF_FFFF
+            link = node.link if node.is_reg and 0 <= node.link < len(nodes) else pos
+            i_ino = link + 1 if pos else 0
+            icount = (len(placed.xattr_blob) - 12) // 4 + 1 if placed.xattr_blob else 0
+            inode = INODE_EXTENDED.pack(1 | placed.layout << 1, icount, node.mode, 0, size, i_u, i_ino, node.uid,
+                                    node.gid, node.mtime, node.mtime_nsec, nlink, bytes(16))  # fmt: skip
+            self._put(off, inode + placed.xattr_blob)
+        return has_xattr
+
+    def _write_dir(self, pos: int, blocks_off: int, inode_end: int) -> None:
+        placed, blocks = self.placed[pos], self.dir_blocks[pos]
+        for k, block in enumerate(blocks):
+            nameoff = 12 * len(block)
+            dirents, names = bytearray(), bytearray()
+            for name, target in block:
+                ftype = _FILE_TYPES[stat.S_IFMT(self.nodes[target].mode)]
+                dirents += DIRENT.pack(self.placed[target].offset // SLOT, nameoff + len(names), ftype, 0)
+                names += name
+            last_inline = placed.layout == FLAT_INLINE and k == len(blocks) - 1
+            self._put(inode_end if last_inline else blocks_off + BLOCK * k, bytes(dirents + names))
+
+    def _chunk_format_words(self) -> dict[int, int]:
+        """i_u of each regular file (§13.1), with the builder's contiguity trick."""
+        bs, cs = self.bs, self.bs.chunk_size
+        chunks = bs.chunks
+        uoff = chunks["uncompressed_offset"].astype(np.int64)
+        blob = chunks["blob_index"]
+        step_ok = np.ones(len(chunks), dtype=bool)
+        if len(chunks) > 1:
+            step_ok[1:] = (blob[1:] == blob[:-1]) & (uoff[1:] - uoff[:-1] == cs)
+        bad_before = np.concatenate(([0], np.cumsum(~step_ok)))
+        words = {}
+        base = CHUNK_FORMAT_INDEXES | ((cs.bit_length() - 1 - 12) & 0x1F)
+        for pos, node in enumerate(self.nodes):
+            if not node.is_reg:
+                continue
+            s, c = node.chunk_start, node.chunk_count
+            word = base
+            if node.size > cs and c > 1 and bad_before[s + c] - bad_before[s + 1] == 0:
+                big = 1 << (node.size - 1).bit_length()
+                word = CHUNK_FORMAT_INDEXES | ((big.bit_length() - 1 - 12) & 0x1F)
+            words[pos] = word
+        return words
+
+    def _chunk_table(self) -> np.ndarray:
+        """One record per distinct (digest, blob_index), sorted, last insertion wins (§14)."""
+        ranges = [(n.chunk_start, n.chunk_count) for n in self.nodes if n.is_reg and n.chunk_count]
+        if not ranges:
+            return empty_chunks()
+        occ = self.bs.chunks[_gather_index(ranges)]
+        words = np.frombuffer(occ["block_id"].tobytes(), dtype=">u8").reshape(-1, 4)
+        order = np.lexsort((occ["blob_index"], words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
+        srt = occ[order]
+        sw = words[order]
+        same_next = np.zeros(len(srt), dtype=bool)
+        same_next[:-1] = np.all(sw[1:] == sw[:-1], axis=1) & (srt["blob_index"][1:] == srt["blob_index"][:-1])
+        last = np.flatnonzero(~same_next)
+        group_last = last[np.searchsorted(last, np.arange(len(srt)))]
+        loc = ("index", "uncompressed_offset", "compressed_offset", "compressed_size", "uncompressed_size", "flags")
+        for field in loc:
+            if np.any(srt[field] != srt[field][group_last]):
+                i = int(np.flatnonzero(srt[field] != srt[field][group_last])[0])
+                raise RafsFormatError(
+                    MODEL,
+                    f"digest {bytes(srt['block_id'][i]).hex()} sits at two locations in blob "
+                    f"{int(srt['blob_index'][i])}: the v6 chunk table can hold only one",
+                )
+        table = srt[last].copy()
+        table["reserved"] = 0
+        return table
+
+
+def _inode_facts(node: Node) -> tuple:
+    return (node.mode, node.uid, node.gid, node.mtime, node.mtime_nsec, node.size, node.xattrs, node.chunk_start,
+            node.chunk_count)  # fmt: skip
+
+
+def _chunk_addresses(chunks: np.ndarray) -> bytes:
+    addr = np.zeros(len(chunks), dtype=CHUNK_ADDR_DTYPE)
+    index = chunks["index"].astype(np.uint32)
+    addr["lo"] = index & 0xFFFF
+    addr["hi"] = (chunks["blob_index"].astype(np.uint32) + 1) | ((index >> 16) << 8)
+    addr["blk"] = chunks["uncompressed_offset"] // np.uint64(BLOCK)
+    return addr.tobytes()
+
+
+def _split_xattr(name: bytes, path: bytes) -> tuple[int, bytes]:
+    for index, prefix in _XATTR_PREFIXES.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            suffix = name[len(prefix) :]
+            if len(suffix) > 0xFF:
+                break
+            return index, suffix
+    raise RafsFormatError(MODEL, f"{path!r}: xattr {name!r} cannot be stored in RAFS v6")
+
+
+def _encode_xattrs(xattrs: list[tuple[bytes, bytes]]) -> bytes:
+    if not xattrs:
+        return b""
+    out = bytearray(XATTR_HEADER.pack(0, 0, bytes(7)))
+    for name, value in xattrs:
+        index, suffix = _split_xattr(name, b"")
+        entry = XATTR_ENTRY.pack(len(suffix), index, len(value)) + suffix + value
+        out += entry + bytes(_align(len(entry), 4) - len(entry))
+    if (len(out) - 12) // 4 + 1 > 0xFFFF:
+        raise RafsFormatError(MODEL, "xattrs too large for i_xattr_icount")
+    return bytes(out)
+
+
+def _pack_blob(idx: int, blob: BlobInfo) -> bytes:
+    return BLOB_ENTRY.pack(
+        blob.blob_id.encode(),
+        idx,
+        blob.chunk_size,
+        blob.chunk_count,
+        int(blob.compressor),
+        int(blob.digester),
+        blob.features,
+        blob.compressed_size,
+        blob.uncompressed_size,
+        blob.blob_toc_size,
+        blob.ci_compressor,
+        blob.ci_offset,
+        blob.ci_compressed_size,
+        blob.ci_uncompressed_size,
+        blob.blob_toc_digest,
+        blob.blob_meta_digest,
+        blob.blob_meta_size,
+        bytes(48),
+    )

@@ -1,0 +1,166 @@
+"""BlobWriter: the fixture blob rebuilt from its payloads differs only in the documented 2.2-dev bytes;
+layouts A/B, v1/v2, v5 packing, refusals, and the uncompressed cache."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rafs import v6
+from rafs.blob_meta import TOC_ENTRY_SIZE, read_blob_meta
+from rafs.blob_writer import BlobWriter
+from rafs.cache import materialize
+from rafs.compression import Compressor
+from rafs.digest import Digester, digest
+from rafs.errors import BlobDataError
+from rafs.flags import BlobFeatures
+
+FIXTURES = Path(__file__).parent / "fixtures" / "nydus"
+EXPECTED = json.loads((FIXTURES / "rafs-v6-2.2.expected.json").read_text())["blobs"][0]
+BLOB = FIXTURES / EXPECTED["blob_id"]
+TOC_START = 13530  # 4 entries of 128 bytes, then the rafs.blob.toc tar header
+
+
+@pytest.fixture(scope="module")
+def info():
+    return v6.load((FIXTURES / "rafs-v6-2.2.boot").read_bytes(), "boot").blobs[0]
+
+
+def test_rebuilt_fixture_blob_differs_only_in_dev_build_bytes(info):
+    original = BLOB.read_bytes()
+    meta = read_blob_meta(BLOB, info, len(original))
+    out = io.BytesIO()
+    w = BlobWriter(out, version=6, compressor=Compressor.ZSTD, digester=Digester.BLAKE3, chunk_size=0x100000,
+                   with_toc=True)  # fmt: skip
+    for i, row in enumerate(meta.ci):
+        coff, csize = int(row["compressed_offset"]), int(row["compressed_size"])
+        got = w.add_chunk(original[coff : coff + csize], compressed=bool(row["flags"] & 1),
+                          uncompressed_size=int(row["uncompressed_size"]), digest=meta.digest(i))  # fmt: skip
+        assert got == (i, coff, int(row["uncompressed_offset"]))
+    new_info = w.finish()
+    rebuilt = out.getvalue()
+
+    # v2.2.0 writes image.blob's compressed_offset as 0 and zero padding (blob-v6.md §0).
+    expected_diff = {TOC_START + 56: (0x7A, 0), TOC_START + 57: (0x1E, 0)}
+    for k, tail in enumerate([b"\xff\xff\x00\x00"] * 3 + [b"0000"]):
+        for j, byte in enumerate(tail):
+            if byte:
+                expected_diff[TOC_START + k * TOC_ENTRY_SIZE + 124 + j] = (byte, 0)
+    assert len(rebuilt) == len(original)
+    diff = {i: (original[i], rebuilt[i]) for i in range(len(original)) if original[i] != rebuilt[i]}
+    assert diff == expected_diff
+
+    # What follows from those bytes: the ToC digest and the blob id; every other field is equal.
+    changed = {k for k, v in asdict(new_info).items() if v != asdict(info)[k]}
+    assert changed == {"blob_id", "blob_toc_digest"}
+    assert new_info.blob_toc_digest == hashlib.sha256(rebuilt[TOC_START:]).digest()
+    digests = slice(12954, 12954 + 64)  # the blob.digest payload is not hashed (blob-v6.md §11)
+    assert new_info.blob_id == hashlib.sha256(rebuilt[: digests.start] + rebuilt[digests.stop :]).hexdigest()
+    assert info.blob_id == hashlib.sha256(original[: digests.start] + original[digests.stop :]).hexdigest()
+    read_blob_meta(_MemReader(rebuilt), new_info, len(rebuilt), name="rebuilt")
+
+
+class _MemReader:
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def read(self, offset: int, size: int) -> bytes:
+        assert offset + size <= len(self.data)
+        return self.data[offset : offset + size]
+
+
+def _chunks(n: int, size: int = 10_000) -> list[bytes]:
+    rng = np.random.default_rng(n)
+    return [bytes([65 + i % 26]) * (size // 2) + rng.integers(0, 256, size // 2, np.uint8).tobytes() for i in range(n)]
+
+
+@pytest.mark.parametrize("ci_v2", [False, True])
+def test_layout_a_without_toc(tmp_path, ci_v2):
+    path = tmp_path / "blob"
+    with open(path, "wb") as f:
+        w = BlobWriter(f, version=6, compressor=Compressor.LZ4_BLOCK, digester=Digester.SHA256, chunk_size=0x10000,
+                       ci_v2=ci_v2)  # fmt: skip
+        written = [w.add_raw_chunk(c) for c in _chunks(300)]
+        info = w.finish()
+    data = path.read_bytes()
+    assert info.blob_id == hashlib.sha256(data).hexdigest() and info.compressed_size == len(data)
+    assert info.features == 0x4000_0001 | (BlobFeatures.CHUNK_INFO_V2 if ci_v2 else 0)
+    assert info.ci_compressor == 3  # 300 similar entries shrink under zstd
+    assert info.uncompressed_size == 300 * 12288 and info.blob_toc_size == 0
+    assert info.ci_uncompressed_size == 300 * (24 if ci_v2 else 16)
+    assert len(data) == info.ci_offset + info.ci_compressed_size + 4096
+    meta = read_blob_meta(path, info, len(data))
+    assert meta.toc is None and meta.digests is None
+    assert [int(x) for x in meta.ci["compressed_offset"]] == [c.compressed_offset for c in written]
+    assert [int(x) for x in meta.ci["uncompressed_offset"]] == [i * 12288 for i in range(300)]
+    assert all(c.digest == digest(Digester.SHA256, raw) for c, raw in zip(written, _chunks(300)))
+
+
+def test_ci_compress_off_and_v5_packing():
+    out = io.BytesIO()
+    w = BlobWriter(out, version=6, compressor=Compressor.NONE, digester=Digester.BLAKE3, chunk_size=0x10000,
+                   ci_compress=False)  # fmt: skip
+    for c in _chunks(50):
+        w.add_raw_chunk(c)
+    assert w.finish().ci_compressor == 0
+
+    out = io.BytesIO()
+    w = BlobWriter(out, version=5, compressor=Compressor.ZSTD, digester=Digester.BLAKE3, chunk_size=0x10000)
+    offsets = [w.add_raw_chunk(c).uncompressed_offset for c in _chunks(3)]
+    info = w.finish()
+    assert offsets == [0, 10_000, 20_000] and info.uncompressed_size == 30_000
+    assert info.features == 0x4000_0000 and info.blob_id == hashlib.sha256(out.getvalue()).hexdigest()
+    assert info.ci_offset == 0 and info.compressed_size == len(out.getvalue())
+
+    w = BlobWriter(io.BytesIO(), version=5, compressor=Compressor.ZSTD, digester=Digester.BLAKE3, chunk_size=0x10000,
+                   aligned=True)  # fmt: skip
+    assert [w.add_raw_chunk(c).uncompressed_offset for c in _chunks(3)] == [0, 12288, 24576]
+    assert w.finish().features == 0x4000_0001
+
+
+def test_writer_refusals():
+    def writer(**kw) -> BlobWriter:
+        args = dict(version=6, compressor=Compressor.ZSTD, digester=Digester.BLAKE3, chunk_size=0x10000)
+        return BlobWriter(io.BytesIO(), **(args | kw))
+
+    with pytest.raises(ValueError, match="0 chunks"):
+        writer().finish()
+    with pytest.raises(ValueError, match="aligned"):
+        writer(aligned=False)
+    w = writer()
+    with pytest.raises(ValueError, match="uncompressed_size"):
+        w.add_chunk(b"x" * 10, compressed=False, uncompressed_size=0x10001, digest=bytes(32))
+    with pytest.raises(ValueError, match="stored size"):
+        w.add_chunk(b"x" * 10, compressed=False, uncompressed_size=11, digest=bytes(32))
+    with pytest.raises(ValueError, match="ci v1"):
+        w.add_chunk(b"x" * 10, compressed=True, uncompressed_size=10, digest=bytes(32))
+    w.add_chunk(b"x" * 10, compressed=False, uncompressed_size=10, digest=bytes(32))
+    w.finish()
+    with pytest.raises(ValueError, match="finished"):
+        w.add_chunk(b"x", compressed=False, uncompressed_size=1, digest=bytes(32))
+
+
+def test_materialized_cache_layout_and_errors(tmp_path):
+    bs = v6.load((FIXTURES / "rafs-v6-2.2.boot").read_bytes(), "boot")
+    (cache,) = materialize(bs, FIXTURES, tmp_path / "cache")
+    data = cache.read_bytes()
+    assert cache.name == f"{EXPECTED['blob_id']}.blob.data" and len(data) == 36864
+    assert data[16931:20480] == bytes(20480 - 16931) and data[20480 + 13400 :] == bytes(36864 - 33880)
+    assert digest(Digester.BLAKE3, data[:16931]).hex() == EXPECTED["chunk_digests"][0]
+    assert digest(Digester.BLAKE3, data[20480:33880]).hex() == EXPECTED["chunk_digests"][1]
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    blob = bytearray(BLOB.read_bytes())
+    blob[100] ^= 0xFF
+    (broken / EXPECTED["blob_id"]).write_bytes(bytes(blob))
+    with pytest.raises(BlobDataError, match="chunk 0"):
+        materialize(bs, broken, tmp_path / "c2")
+    with pytest.raises(BlobDataError, match="cannot open"):
+        materialize(bs, tmp_path / "nowhere", tmp_path / "c3")
