@@ -6,7 +6,12 @@ import os
 import sys
 import traceback
 
-import click
+import typer
+
+try:  # typer >= 0.20 vendors its own click; its exceptions are not click's
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on real click
+    import click.exceptions as click_exceptions
 
 from applier.errors import ApplyError
 from backends.errors import BackendError
@@ -28,15 +33,18 @@ def main(argv: list[str] | None = None) -> int:
         args.remove("--debug")
     try:
         rv = app(args=args, prog_name="compact", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("compact: aborted", file=sys.stderr)
         return EXIT_ERROR
-    except click.UsageError as exc:
-        exc.show(file=sys.stderr)
+    except click_exceptions.UsageError as exc:
+        if isinstance(exc, click_exceptions.NoArgsIsHelpError):
+            return EXIT_USAGE  # the help text was already printed
+        command = exc.ctx.command_path if exc.ctx is not None else "compact"
+        print(f"{command}: error: {_one_line(exc.format_message())} (see '{command} --help')", file=sys.stderr)
         return EXIT_USAGE
-    except click.ClickException as exc:
+    except click_exceptions.ClickException as exc:
         exc.show(file=sys.stderr)
         return EXIT_ERROR
     except USER_ERRORS as exc:
@@ -50,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     return rv if isinstance(rv, int) else 0
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException | str) -> str:
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
     return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,113 @@
+"""The interface every blob backend implements, and read coalescing (compact.md §5.2).
+
+A backend maps a blob id to bytes. Reads are always exact: a backend never hands back fewer
+bytes than asked for, it raises ``BackendError`` naming the blob and the range instead.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import BackendError
+
+# Upper bound of one coalesced read: large enough that adjacent chunks of a blob go out in few
+# requests, small enough that a batch never needs much memory.
+DEFAULT_MAX_READ = 16 << 20
+
+
+def coalesce(
+    ranges: Sequence[tuple[int, int]], max_gap: int = 0, max_size: int = DEFAULT_MAX_READ
+) -> list[tuple[int, int, list[int]]]:
+    """Group (offset, size) ranges into fewer reads.
+
+    Ranges are visited in offset order; one joins the current read when it starts at most
+    ``max_gap`` bytes after the read's end and the read stays within ``max_size`` bytes
+    (a single range larger than that is read alone). Overlapping and repeated ranges share a
+    read. Returns (offset, size, member indexes into ``ranges``) in offset order.
+    """
+    if max_gap < 0 or max_size <= 0:
+        raise ValueError("coalesce: max_gap must be >= 0 and max_size > 0")
+    reads: list[tuple[int, int, list[int]]] = []
+    order = sorted(range(len(ranges)), key=lambda i: (ranges[i][0], ranges[i][1], i))
+    start = end = 0
+    members: list[int] = []
+    for i in order:
+        offset, size = ranges[i]
+        if offset < 0 or size < 0:
+            raise ValueError(f"coalesce: negative range ({offset}, {size})")
+        new_end = max(end, offset + size)
+        if members and offset <= end + max_gap and new_end - start <= max_size:
+            end = new_end
+            members.append(i)
+            continue
+        if members:
+            reads.append((start, end - start, members))
+        start, end, members = offset, offset + size, [i]
+    if members:
+        reads.append((start, end - start, members))
+    return reads
+
+
+class BlobBackend(ABC):
+    """Where blobs are read from. Subclasses implement ``blob_size``, ``read_exact`` and ``describe``."""
+
+    # Coalescing policy of ``read_ranges``; remote backends raise max_gap to save round trips.
+    max_gap: int = 0
+    max_read: int = DEFAULT_MAX_READ
+
+    @abstractmethod
+    def blob_size(self, blob_id: str) -> int:
+        """Size in bytes of the stored blob."""
+
+    @abstractmethod
+    def read_exact(self, blob_id: str, offset: int, size: int) -> bytes:
+        """Exactly ``size`` bytes at ``offset``; anything less is a BackendError."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able fingerprint of where blobs come from. Never contains secrets."""
+
+    def close(self) -> None:
+        """Release open files and connections. The backend may not be used afterwards."""
+
+    def read_ranges(self, blob_id: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each (offset, size) range, in the order given, read with coalescing."""
+        out: list[bytes] = [b""] * len(ranges)
+        for offset, size, members in coalesce(ranges, self.max_gap, self.max_read):
+            data = memoryview(self.read_exact(blob_id, offset, size))
+            for i in members:
+                start = ranges[i][0] - offset
+                out[i] = bytes(data[start : start + ranges[i][1]])
+        return out
+
+    def reader(self, blob_id: str) -> BlobReader:
+        return BlobReader(self, blob_id)
+
+    def __enter__(self) -> BlobBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BlobReader:
+    """One blob of a backend seen as ``read(offset, size) -> bytes`` (the reader rafs.blob_meta takes)."""
+
+    def __init__(self, backend: BlobBackend, blob_id: str):
+        self.backend = backend
+        self.blob_id = blob_id
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.backend.read_exact(self.blob_id, offset, size)
+
+    def size(self) -> int:
+        return self.backend.blob_size(self.blob_id)
+
+    def __str__(self) -> str:
+        return self.blob_id
+
+
+def short_read_error(blob_id: str, offset: int, size: int, got: int) -> BackendError:
+    return BackendError(f"blob {blob_id}: short read at offset {offset} size {size}: got {got} bytes")

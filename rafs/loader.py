@@ -1,0 +1,103 @@
+"""Open a bootstrap file of either RAFS version.
+
+Detection follows nydusd 2.2 (`RafsSuper::load`): v5 is tried first (magic and version at 0),
+then v6 (EROFS magic at 1024). Both need at least 8192 bytes, because nydusd's v5 probe reads a
+whole v5 superblock before anything else (rafs-v6.md §1), and at most 2 GiB (rafs-v5.md §11.2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import struct
+from pathlib import Path
+
+from .errors import RafsFormatError
+from .model import Bootstrap
+
+MIN_BOOTSTRAP_SIZE = 8192
+MAX_BOOTSTRAP_SIZE = 0x8000_0000
+
+RAFS_V5_MAGIC = 0x52414653
+RAFS_V5_VERSION = 0x500
+RAFS_V6_MAGIC = 0xE0F5E1E2
+RAFS_V6_SB_OFFSET = 1024
+
+_U32 = struct.Struct("<I")
+_V5_HEAD = struct.Struct("<II")
+
+
+def detect_version(data: bytes | memoryview) -> int | None:
+    """5 or 6 by the superblock magic, None if neither (``data`` needs >= 1028 bytes to say 6)."""
+    if len(data) >= _V5_HEAD.size and _V5_HEAD.unpack_from(data, 0) == (RAFS_V5_MAGIC, RAFS_V5_VERSION):
+        return 5
+    if len(data) >= RAFS_V6_SB_OFFSET + 4 and _U32.unpack_from(data, RAFS_V6_SB_OFFSET)[0] == RAFS_V6_MAGIC:
+        return 6
+    return None
+
+
+def parse_bootstrap(data: bytes, path: str = "<memory>") -> Bootstrap:
+    """Parse a bootstrap held in memory; ``path`` only names it in errors."""
+    _check_size(len(data), path)
+    version = detect_version(data)
+    if version == 5:
+        from . import v5
+
+        return v5.load(data, path)
+    if version == 6:
+        from . import v6
+
+        return v6.load(data, path)
+    raise RafsFormatError(path, "not a RAFS v5/v6 bootstrap (no v5 magic at 0, no v6 magic at 1024)")
+
+
+def load_bootstrap(path: str | Path) -> Bootstrap:
+    """Read and parse the bootstrap file at ``path``.
+
+    A file that cannot be opened raises OSError; anything wrong with its bytes RafsFormatError.
+    """
+    return parse_bootstrap(_read_bootstrap(path), str(path))
+
+
+def bootstrap_sha256(path: str | Path) -> str:
+    """Lowercase hex sha256 of the bootstrap file."""
+    h = hashlib.sha256()
+    fd = _open_regular(path)
+    with os.fdopen(fd, "rb") as fp:
+        while block := fp.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_size(size: int, path: str) -> None:
+    if size < MIN_BOOTSTRAP_SIZE:
+        raise RafsFormatError(
+            path, f"file is {size} bytes, a RAFS bootstrap is at least {MIN_BOOTSTRAP_SIZE} bytes"
+        )
+    if size > MAX_BOOTSTRAP_SIZE:
+        raise RafsFormatError(path, f"file is {size} bytes, more than the 2 GiB nydusd accepts")
+
+
+def _open_regular(path: str | Path) -> int:
+    # O_NONBLOCK so that a FIFO given as bootstrap is refused instead of blocking the open.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RafsFormatError(str(path), "not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_bootstrap(path: str | Path) -> bytes:
+    fd = _open_regular(path)
+    with os.fdopen(fd, "rb") as fp:
+        size = os.fstat(fd).st_size
+        _check_size(size, str(path))
+        data = fp.read(size + 1)
+    if len(data) != size:
+        raise RafsFormatError(str(path), f"file changed size while being read ({size} -> {len(data)}+ bytes)")
+    return data
