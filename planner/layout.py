@@ -15,7 +15,7 @@ from rafs.digest import Digester
 from rafs.flags import BlobFeatures
 from rafs.model import LOCATION_FIELDS
 
-from .errors import PlanError
+from .errors import ChunkLostError, PlanError
 from .facts import Facts
 from .policy import (
     ACTIONS,
@@ -221,10 +221,7 @@ def _check_nothing_lost(res: Resolution, kept_new: np.ndarray, group_of: np.ndar
     if lost.size:
         o = int(lost[0])
         b = int(res.home_blob[o])
-        raise PlanError(
-            f"blob {res.ext.blobs[b].blob_id} is deleted, but occurrence {o} needs its chunk at compressed "
-            f"offset {int(res.home_coff[o])} and no kept or new blob provides it"
-        )
+        raise ChunkLostError(res.ext.blobs[b].blob_id, o, int(res.home_coff[o]))
 
 
 def _recipes(

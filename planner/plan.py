@@ -102,6 +102,7 @@ class Plan:
     new_table: list[str]  # blob id or "new:<group>" per new position
     deletable: list[str]
     merge_candidates: list[tuple[int, int]]
+    findings: list[str] = field(default_factory=list)  # things a reviewer should know (missing kept blobs, ...)
     format: str = FORMAT
     algorithm: str = ALGORITHM
 

@@ -1,0 +1,131 @@
+"""Backend configuration files in the shapes nydus accepts (compact.md §5.1).
+
+Accepted, auto-detected:
+1. nydus ConfigV2 JSON or TOML: ``{"version": 2, "backend": {"type": T, T: {...}}}`` — also the
+   2.2 compact config that carries ``"version": 2``;
+2. legacy nydusd v1 JSON: ``{"device": {"backend": {"type": T, "config": {...}}}, "mode": ...}``;
+3. the raw per-type object (nydus-image 2.3+ ``--backend-config-file``), with ``--backend-type T``.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import BackendError
+
+MAX_CONFIG_BYTES = 1024 * 1024
+SUPPORTED = ("localfs", "registry")
+KNOWN = ("localfs", "registry", "oss", "s3", "localdisk", "http-proxy")
+SECRET_KEYS = frozenset({"auth", "registry_token", "access_key_id", "access_key_secret", "password", "token"})
+# Fields that identify where blobs live, for the plan's backend fingerprint.
+FINGERPRINT_KEYS = ("scheme", "host", "repo", "endpoint", "bucket_name", "object_prefix", "dir", "alt_dirs", "blob_file")
+REQUIRED = {"registry": ("host", "repo"), "oss": ("endpoint", "bucket_name"), "s3": ("region", "bucket_name")}
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    type: str
+    config: dict
+    source: str  # file the config came from, for messages
+
+    def fingerprint(self) -> dict:
+        """Where blobs come from, without any secret: safe for plans, logs and reports."""
+        out: dict[str, object] = {"type": self.type}
+        for key in FINGERPRINT_KEYS:
+            if self.config.get(key) not in (None, "", []):
+                out[key] = self.config[key]
+        out["authenticated"] = any(self.config.get(k) for k in SECRET_KEYS)
+        return out
+
+
+def load_backend_config(path: str | Path, backend_type: str | None = None) -> BackendConfig:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise BackendError(f"{path}: backend config is {size} bytes, more than the 1 MiB nydus accepts")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BackendError(f"{path}: cannot read backend config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BackendError(f"{path}: backend config is not UTF-8 text") from None
+    return parse_backend_config(text, str(path), backend_type)
+
+
+def parse_backend_config(text: str, source: str, backend_type: str | None = None) -> BackendConfig:
+    data = _parse_document(text, source)
+    if backend_type is not None:
+        if backend_type not in KNOWN:
+            raise BackendError(f"--backend-type {backend_type!r}: expected one of {', '.join(KNOWN)}")
+        btype, cfg = backend_type, data
+    elif data.get("version") == 2 and isinstance(data.get("backend"), dict):
+        backend = data["backend"]
+        btype = backend.get("type")
+        cfg = backend.get(btype) if isinstance(btype, str) else None
+        if cfg is None:
+            raise BackendError(f"{source}: backend.{btype}: missing the section for backend type {btype!r}")
+    elif isinstance(data.get("device"), dict) and isinstance(data["device"].get("backend"), dict):
+        backend = data["device"]["backend"]
+        btype, cfg = backend.get("type"), backend.get("config", {})
+        if "mode" not in data:
+            raise BackendError(f"{source}: mode: missing (required by nydusd v1 configs)")
+    else:
+        raise BackendError(
+            f"{source}: not a nydus backend config: expected {{\"version\": 2, \"backend\": ...}}, "
+            "{\"device\": {\"backend\": ...}}, or a raw backend object with --backend-type"
+        )
+    if not isinstance(btype, str) or btype not in KNOWN:
+        raise BackendError(f"{source}: backend type {btype!r} is unknown (expected one of {', '.join(KNOWN)})")
+    if btype not in SUPPORTED:
+        raise BackendError(f"{source}: backend type {btype!r} is not supported (supported: {', '.join(SUPPORTED)})")
+    if not isinstance(cfg, dict):
+        raise BackendError(f"{source}: the {btype} backend config must be an object")
+    _validate(btype, cfg, source)
+    return BackendConfig(btype, dict(cfg), source)
+
+
+def _parse_document(text: str, source: str) -> dict:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as json_exc:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            raise BackendError(
+                f"{source}: neither JSON nor TOML (JSON error at line {json_exc.lineno}: {json_exc.msg})"
+            ) from None
+    if not isinstance(data, dict):
+        raise BackendError(f"{source}: backend config must be an object")
+    return data
+
+
+def _validate(btype: str, cfg: dict, source: str) -> None:
+    if btype == "localfs" and not (cfg.get("blob_file") or cfg.get("dir")):
+        raise BackendError(f"{source}: localfs backend needs `dir` or `blob_file`")
+    for key in REQUIRED.get(btype, ()):
+        if not cfg.get(key):
+            raise BackendError(f"{source}: {btype} backend needs `{key}`")
+    alt = cfg.get("alt_dirs", [])
+    if not isinstance(alt, list) or not all(isinstance(d, str) for d in alt):
+        raise BackendError(f"{source}: alt_dirs: expected a list of directory paths")
+
+
+def localfs_config(blobs_dir: str | Path) -> BackendConfig:
+    """The config `--blobs-dir DIR` stands for."""
+    return BackendConfig("localfs", {"dir": str(blobs_dir)}, "--blobs-dir")
+
+
+def open_backend(cfg: BackendConfig):
+    """Instantiate the backend a config describes."""
+    if cfg.type == "localfs":
+        from .localfs import LocalFsBackend
+
+        return LocalFsBackend(
+            dir=cfg.config.get("dir") or None,
+            alt_dirs=cfg.config.get("alt_dirs", []),
+            blob_file=cfg.config.get("blob_file") or None,
+        )
+    raise BackendError(f"{cfg.source}: backend type {cfg.type!r} is not supported yet")

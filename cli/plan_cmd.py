@@ -1,0 +1,174 @@
+"""`compact plan` and `compact show`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from backends.config import BackendConfig, load_backend_config, localfs_config, open_backend
+from planner.config import CompactConfig, load_config_file, merge, parse_size
+from planner.errors import ConfigError
+from planner.facts import Flags
+from planner.pipeline import PlanInputs, make_plan
+from planner.plan import Plan
+from planner.planfile import human_size, load_plan, summary_line, write_plan
+from store.db import open_store
+
+from .app import EXIT_CHANGES, EXIT_OK, app
+
+
+def default_state(plan_path: Path) -> Path:
+    """The store lives next to the plan: plan.yaml -> plan.state.sqlite."""
+    return plan_path.with_name(plan_path.stem + ".state.sqlite")
+
+
+def parse_chunk_dict(arg: str | None) -> Path | None:
+    """`--chunk-dict [bootstrap=]PATH`, as nydus-image takes it."""
+    if arg is None:
+        return None
+    kind, sep, path = arg.partition("=")
+    if not sep:
+        return Path(arg)
+    if kind != "bootstrap":
+        raise ConfigError(f"--chunk-dict: only the `bootstrap=` type exists, got {kind!r}")
+    return Path(path)
+
+
+def resolve_backend(
+    blobs_dir: Path | None, backend_config: Path | None, backend_type: str | None, cfg: CompactConfig
+) -> BackendConfig:
+    if blobs_dir is not None and backend_config is not None:
+        raise ConfigError("--blobs-dir and --backend-config are exclusive: give one")
+    if backend_config is not None:
+        return load_backend_config(backend_config, backend_type)
+    if backend_type is not None:
+        raise ConfigError("--backend-type needs --backend-config FILE")
+    if blobs_dir is None and cfg.blobs_dir:
+        blobs_dir = Path(cfg.blobs_dir)
+    if blobs_dir is None:
+        raise ConfigError("where are the blobs? give --blobs-dir DIR or --backend-config FILE")
+    return localfs_config(blobs_dir)
+
+
+def _size_option(value: str | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+@app.command("plan")
+def plan_command(
+    bootstrap: Path = typer.Argument(..., help="Source bootstrap (RAFS v5 or v6)."),
+    blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Directory holding the blobs, named by id."),
+    backend_config: Path | None = typer.Option(
+        None, "--backend-config", help="nydus backend config (ConfigV2 JSON/TOML, nydusd v1 JSON, or raw + --backend-type)."
+    ),
+    backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw backend config: localfs, registry."),
+    chunk_dict: str | None = typer.Option(None, "--chunk-dict", help="Chunk dictionary: [bootstrap=]PATH."),
+    config: Path | None = typer.Option(None, "--config", "-C", help="nydus compact config JSON (flags override it)."),
+    min_used_ratio: int | None = typer.Option(None, "--min-used-ratio", help="Rebuild blobs using less than N% (0-255, 0 disables)."),
+    compact_blob_size: str | None = typer.Option(None, "--compact-blob-size", help="Merge blobs smaller than SIZE (e.g. 10MiB)."),
+    max_compact_size: str | None = typer.Option(None, "--max-compact-size", help="Merged blobs hold at most SIZE of used data."),
+    layers_to_compact: int | None = typer.Option(None, "--layers-to-compact", help="Do nothing below N blobs (0: always)."),
+    output: Path = typer.Option(Path("plan.yaml"), "-o", "--output", help="Where to write the plan."),
+    new_bootstrap: Path | None = typer.Option(None, "-O", "--output-bootstrap", help="Bootstrap apply will write [default: BOOTSTRAP.compact]."),
+    state: Path | None = typer.Option(None, "--state", help="SQLite state store [default: next to the plan, PLAN.state.sqlite]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
+    detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 0 if nothing changes, 2 if changes are planned, 1 on error."),
+    upstream_oracle: bool = typer.Option(False, "--upstream-oracle", help="Reference semantics R exactly, with no improvement flags (compact.md §2 oracles)."),
+    drop_unused_dict_blobs: bool = typer.Option(False, "--drop-unused-dict-blobs", help="I1: leave chunk-dict blobs no file uses out of the new table."),
+    ratio_u8_wrap: bool = typer.Option(False, "--ratio-u8-wrap", help="Reproduce upstream's u8 truncation of the used ratio (B14)."),
+    v6_key: str = typer.Option("offset", "--v6-key", help="How v6 chunks are identified: offset (v2.2.0) or digest (HEAD)."),
+) -> int:
+    """Index a bootstrap, decide what to delete / rebuild / merge, and write a reviewable plan.
+
+    Example:
+
+        compact plan image.boot --blobs-dir blobs/ --min-used-ratio 5 -o plan.yaml
+    """
+    cfg = load_config_file(config) if config is not None else CompactConfig()
+    cfg = merge(
+        cfg,
+        {
+            "min_used_ratio": min_used_ratio,
+            "compact_blob_size": _size_option(compact_blob_size, "--compact-blob-size"),
+            "max_compact_size": _size_option(max_compact_size, "--max-compact-size"),
+            "layers_to_compact": layers_to_compact,
+        },
+    )
+    base = Flags.upstream_oracle() if upstream_oracle else Flags.tool_default()
+    flags = Flags(**{**base.describe(), "i1_drop_unused_dict_blobs": drop_unused_dict_blobs,
+                     "ratio_u8_wrap": ratio_u8_wrap, "v6_key": v6_key})
+    bcfg = resolve_backend(blobs_dir, backend_config, backend_type, cfg)
+    inputs = PlanInputs(bootstrap, parse_chunk_dict(chunk_dict), bcfg, cfg, flags, new_bootstrap)
+    with open_backend(bcfg) as backend, open_store(state or default_state(output)) as store:
+        outcome = make_plan(inputs, backend, store)
+    write_plan(outcome.plan, output)
+    plan = outcome.plan
+    if as_json:
+        typer.echo(json.dumps({**plan.body(), "plan_digest": plan.digest}, indent=2, sort_keys=True))
+    else:
+        typer.echo(summary_line(plan))
+        typer.echo(f"plan written to {output}")
+    if detailed_exitcode and plan.summary.changes:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+@app.command("show")
+def show_command(
+    plan_file: Path = typer.Argument(..., help="A plan written by `compact plan`."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Show a plan as tables: the blob table before and after, with each decision's reason.
+
+    Example:
+
+        compact show plan.yaml
+    """
+    plan, recorded = load_plan(plan_file)
+    if as_json:
+        typer.echo(json.dumps({**plan.body(), "plan_digest": plan.digest}, indent=2, sort_keys=True))
+        return
+    typer.echo(render_show(plan, recorded))
+
+
+def render_show(plan: Plan, recorded: str | None) -> str:
+    lines = []
+    for im in plan.images:
+        lines.append(f"image {im.path} (RAFS v{im.rafs_version}, {im.compressor}/{im.digester}, sha256 {im.sha256[:12]})")
+    if recorded is not None and recorded != plan.digest:
+        lines.append("note: the plan was edited after `compact plan` wrote it (digest differs); apply re-validates it")
+    lines.append(summary_line(plan))
+    lines.append("")
+    lines.append("before:")
+    lines.append(f"  {'idx':>3}  {'blob':<14} {'size':>10} {'used':>10} {'ratio':>5}  decision   reason")
+    for b in plan.blobs:
+        size = b.size_for_ratio if b.size_for_ratio is not None else (b.observed_size or b.table_size)
+        ratio = f"{b.ratio}%" if b.ratio is not None else "-"
+        target = f" -> {b.group}" if b.group else ""
+        lines.append(
+            f"  {b.index:>3}  {b.blob_id[:12] + '..':<14} {human_size(size):>10} {human_size(b.used_bytes):>10} "
+            f"{ratio:>5}  {b.decision:<9}  {b.reason}{target}"
+        )
+    lines.append("")
+    lines.append("after:")
+    groups = {f"new:{g.name}": g for g in plan.groups}
+    for i, entry in enumerate(plan.new_table):
+        g = groups.get(entry)
+        if g is not None:
+            members = ", ".join(str(m) for m in g.members)
+            lines.append(f"  {i:>3}  new blob {g.name:<6} {human_size(g.compressed_size):>10}  {g.chunk_count} chunks from [{members}]")
+        else:
+            lines.append(f"  {i:>3}  {entry[:12]}..  kept")
+    if plan.deletable:
+        lines.append("")
+        lines.append(f"deletable after apply ({len(plan.deletable)}): " + ", ".join(d[:12] for d in plan.deletable))
+    for f in plan.findings:
+        lines.append(f"finding: {f}")
+    return "\n".join(lines)

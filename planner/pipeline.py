@@ -1,0 +1,345 @@
+"""`compact plan` end to end: read inputs, index them, decide, and describe the result as a Plan.
+
+I/O lives at the edges of this module (bootstrap files, the backend's blob sizes, the store);
+the decisions themselves come from the pure ``policy.decide`` / ``layout.layout``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from backends.base import BlobBackend
+from backends.config import BackendConfig
+from backends.errors import BackendError
+from rafs.loader import load_bootstrap
+from rafs.model import Bootstrap
+from store.db import Store
+from store.index import index_bootstrap
+from store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, save_plan
+
+from . import __version__
+from .config import CompactConfig, canonical_json
+from .errors import PlanError
+from .facts import Facts, Flags, facts_from_bootstrap
+from .layout import Layout, layout
+from .plan import Group, InputFile, InputImage, Plan, SourceBlob, Summary
+from .policy import Decisions, decide
+
+EXPLICIT_UID_GID = 0x10
+
+
+@dataclass
+class PlanInputs:
+    bootstrap: Path
+    chunk_dict: Path | None
+    backend_config: BackendConfig
+    config: CompactConfig
+    flags: Flags
+    output: Path | None = None  # new bootstrap path apply writes; default <bootstrap>.compact
+
+
+@dataclass
+class PlanOutcome:
+    plan: Plan
+    decisions: Decisions
+    layout: Layout
+    source: Bootstrap
+    image_id: int
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fp:
+        while block := fp.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def default_output(bootstrap: Path) -> Path:
+    return bootstrap.with_name(bootstrap.name + ".compact")
+
+
+def check_dict_compatible(src: Bootstrap, dict_bs: Bootstrap, dict_path: Path) -> None:
+    """The chunk dict must describe chunks the source could point at (compact.md §1.4)."""
+    problems = []
+    if dict_bs.version != src.version:
+        problems.append(f"RAFS v{dict_bs.version}, the image is v{src.version}")
+    if dict_bs.chunk_size != src.chunk_size:
+        problems.append(f"chunk size {dict_bs.chunk_size}, the image has {src.chunk_size}")
+    if (dict_bs.flags ^ src.flags) & EXPLICIT_UID_GID:
+        problems.append("a different EXPLICIT_UID_GID flag")
+    if src.version == 5 and dict_bs.digester != src.digester:
+        problems.append(f"digester {dict_bs.digester.label}, the image uses {src.digester.label}")
+    if problems:
+        raise PlanError(f"{dict_path}: chunk dict is incompatible with the image: {'; '.join(problems)}")
+
+
+def observe_sizes(backend: BlobBackend, blob_ids: list[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """Size of every blob the backend has; blobs it cannot find are returned with the reason."""
+    sizes: dict[str, int] = {}
+    missing: dict[str, str] = {}
+    for blob_id in dict.fromkeys(blob_ids):
+        try:
+            sizes[blob_id] = backend.blob_size(blob_id)
+        except BackendError as exc:
+            missing[blob_id] = str(exc)
+    return sizes, missing
+
+
+def referenced_bytes(facts: Facts) -> np.ndarray:
+    """Per source blob, the compressed bytes of distinct chunk locations some file points at."""
+    ch = facts.chunks
+    n = len(facts.blobs)
+    if len(ch) == 0:
+        return np.zeros(n, dtype=np.int64)
+    # one row per distinct (blob, compressed offset): sort, then keep the first of each run
+    order = np.lexsort((ch["compressed_offset"], ch["blob_index"]))
+    keys = np.stack([ch["blob_index"][order].astype(np.uint64), ch["compressed_offset"][order]], axis=1)
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    sizes = ch["compressed_size"][order][starts].astype(np.int64)
+    blobs = ch["blob_index"][order][starts]
+    return np.bincount(blobs, weights=sizes, minlength=n).astype(np.int64)
+
+
+def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOutcome:
+    src = load_bootstrap(inputs.bootstrap)
+    src_sha = file_sha256(inputs.bootstrap)
+    dict_bs = dict_file = None
+    if inputs.chunk_dict is not None:
+        dict_bs = load_bootstrap(inputs.chunk_dict)
+        check_dict_compatible(src, dict_bs, inputs.chunk_dict)
+        dict_file = InputFile(str(inputs.chunk_dict), file_sha256(inputs.chunk_dict), inputs.chunk_dict.stat().st_size)
+
+    all_ids = [b.blob_id for b in src.blobs] + ([b.blob_id for b in dict_bs.blobs] if dict_bs else [])
+    sizes, missing = observe_sizes(backend, all_ids)
+    image_id = index_bootstrap(
+        store,
+        inputs.bootstrap,
+        src,
+        src_sha,
+        {bid: (size, "backend") for bid, size in sizes.items()},
+    )
+
+    facts = facts_from_bootstrap(src, sizes, dict_bs)
+    decisions = decide(facts, inputs.config, inputs.flags)
+    result = layout(facts, decisions)
+    _check_readable(decisions, result, missing, sizes, facts)
+
+    output = inputs.output or default_output(inputs.bootstrap)
+    plan = _describe(inputs, src, src_sha, dict_file, facts, decisions, result, sizes, missing, output)
+    _save_recipe(store, plan, image_id, inputs, decisions, result)
+    return PlanOutcome(plan, decisions, result, src, image_id)
+
+
+def _check_readable(
+    decisions: Decisions, result: Layout, missing: dict[str, str], sizes: dict[str, int], facts: Facts
+) -> None:
+    """Every blob apply must read has to exist now, with the size its table claims."""
+    blobs = _extended_blobs(facts)
+    for nb in result.new_blobs:
+        for member in nb.members:
+            blob = blobs[member]
+            if blob.blob_id in missing:
+                raise PlanError(f"{missing[blob.blob_id]} (needed to write new blob g{nb.group})")
+            have = sizes[blob.blob_id]
+            if blob.compressed_size and have != blob.compressed_size:
+                raise PlanError(
+                    f"blob {blob.blob_id}: backend size {have} differs from the blob table's "
+                    f"compressed_size {blob.compressed_size} (needed to write new blob g{nb.group})"
+                )
+
+
+def _extended_blobs(facts: Facts) -> list:
+    blobs = list(facts.blobs)
+    if facts.chunk_dict is not None:
+        seen = {b.blob_id for b in blobs}
+        blobs += [b for b in facts.chunk_dict.blobs if b.blob_id not in seen and not seen.add(b.blob_id)]
+    return blobs
+
+
+def _describe(
+    inputs: PlanInputs,
+    src: Bootstrap,
+    src_sha: str,
+    dict_file: InputFile | None,
+    facts: Facts,
+    decisions: Decisions,
+    result: Layout,
+    sizes: dict[str, int],
+    missing: dict[str, str],
+    output: Path,
+) -> Plan:
+    blobs = _extended_blobs(facts)
+    n_source = len(facts.blobs)
+    used = referenced_bytes(facts)
+    group_name = {g.group: f"g{g.group}" for g in decisions.groups}
+    new_index_of_source = {e.source: e.new_index for e in result.table if e.source is not None}
+    new_index_of_group = {e.group: e.new_index for e in result.table if e.group is not None}
+    by_index = {d.index: d for d in decisions.blobs}
+
+    rows: list[SourceBlob] = []
+    for i, blob in enumerate(blobs):
+        d = by_index.get(i)
+        action = d.action if d else "keep"
+        group = group_name.get(d.group) if d and d.group is not None else None
+        new_index = new_index_of_source.get(i)
+        if new_index is None and d is not None and d.group is not None:
+            if any(g.target == i and g.group == d.group for g in decisions.groups):
+                new_index = new_index_of_group.get(d.group)
+        rows.append(
+            SourceBlob(
+                index=i,
+                blob_id=blob.blob_id,
+                origin="image" if i < n_source else "chunk-dict",
+                table_size=blob.compressed_size,
+                observed_size=sizes.get(blob.blob_id),
+                decision=action,
+                reason=d.reason if d else "KEEP",
+                used_bytes=d.used_bytes if d else 0,
+                ratio=d.ratio if d else None,
+                size_for_ratio=d.size if d and d.ratio is not None else None,
+                size_source=d.size_source if d and d.ratio is not None else None,
+                group=group,
+                new_index=new_index,
+                compressor=blob.compressor.label,
+                digester=blob.digester.label,
+                features=int(blob.features),
+                referenced_by={str(inputs.bootstrap): int(used[i])} if i < n_source and used[i] else {},
+            )
+        )
+
+    groups = [
+        Group(
+            name=f"g{nb.group}",
+            target=nb.target,
+            members=list(nb.members),
+            chunk_count=nb.chunk_count,
+            compressed_size=nb.compressed_size,
+            uncompressed_size=nb.uncompressed_size,
+            read_requests=len(nb.reads),
+            new_index=nb.new_index,
+        )
+        for nb in result.new_blobs
+    ]
+    new_table = [e.blob_id if e.blob_id is not None else f"new:g{e.group}" for e in result.table]
+    changes = not (result.identical and inputs.flags.i3_report_no_changes) and result.noop_reason is None
+    noop_reason = result.noop_reason or decisions.noop_reason
+    if not changes and noop_reason is None:
+        noop_reason = "the compacted image would equal the source"
+    size_of = {b.blob_id: sizes.get(b.blob_id, b.compressed_size) for b in blobs}
+    findings = [
+        f"blob {bid} is not available from the backend ({why}); it is kept, but `compact verify` will fail"
+        for bid, why in missing.items()
+        if bid not in result.deletable
+    ]
+    summary = Summary(
+        changes=changes,
+        noop_reason=None if changes else noop_reason,
+        blobs_before=n_source,
+        blobs_after=len(result.table) if changes else n_source,
+        new_blobs=len(result.new_blobs) if changes else 0,
+        bytes_before=sum(size_of[b.blob_id] for b in facts.blobs),
+        bytes_to_read=result.bytes_to_read if changes else 0,
+        bytes_to_write=result.bytes_to_write if changes else 0,
+        reclaimable_bytes=sum(size_of[bid] for bid in result.deletable) if changes else 0,
+        occurrences_remapped=result.occurrences_remapped if changes else 0,
+    )
+    image = InputImage(
+        path=str(inputs.bootstrap),
+        sha256=src_sha,
+        size=inputs.bootstrap.stat().st_size,
+        rafs_version=src.version,
+        chunk_size=src.chunk_size,
+        compressor=src.compressor.label,
+        digester=src.digester.label,
+        blob_count=n_source,
+        output=str(output),
+    )
+    return Plan(
+        tool_version=__version__,
+        flags=inputs.flags.describe(),
+        images=[image],
+        chunk_dict=dict_file,
+        config=json.loads(canonical_json(inputs.config)),
+        config_sha256=hashlib.sha256(canonical_json(inputs.config)).hexdigest(),
+        backend=inputs.backend_config.fingerprint(),
+        summary=summary,
+        blobs=rows,
+        groups=groups if changes else [],
+        new_table=new_table if changes else [b.blob_id for b in facts.blobs],
+        deletable=sorted(result.deletable) if changes else [],
+        merge_candidates=[(c.index, c.size) for c in decisions.candidates],
+        findings=findings,
+    )
+
+
+def _save_recipe(
+    store: Store, plan: Plan, image_id: int, inputs: PlanInputs, decisions: Decisions, result: Layout
+) -> None:
+    blob_rows = [
+        {
+            "e_index": b.index,
+            "blob_id": b.blob_id,
+            "action": b.decision,
+            "reason": b.reason,
+            "used_bytes": b.used_bytes,
+            "size": b.size_for_ratio if b.size_for_ratio is not None else b.table_size,
+            "size_source": b.size_source or "table",
+            "ratio": b.ratio,
+            "grp": int(b.group[1:]) if b.group else None,
+            "new_index": b.new_index,
+        }
+        for b in plan.blobs
+    ]
+    new_blobs = [
+        {
+            "grp": nb.group,
+            "new_index": nb.new_index,
+            "chunk_count": nb.chunk_count,
+            "compressed_size": nb.compressed_size,
+            "uncompressed_size": nb.uncompressed_size,
+        }
+        for nb in result.new_blobs
+    ]
+    chunk_parts, range_parts = [], []
+    for nb in result.new_blobs:
+        r = nb.chunks
+        rows = np.zeros(len(r), dtype=NEW_BLOB_CHUNK_DTYPE)
+        rows["grp"] = nb.group
+        rows["seq"] = r["index"]
+        rows["src_e_index"] = r["source"]
+        rows["src_offset"] = r["source_offset"]
+        rows["compressed_size"] = r["compressed_size"]
+        rows["uncompressed_size"] = r["uncompressed_size"]
+        rows["new_coff"] = r["compressed_offset"]
+        rows["new_uoff"] = r["uncompressed_offset"]
+        rows["block_id"] = r["digest"]
+        rows["flags"] = r["flags"]
+        chunk_parts.append(rows)
+        reads = nb.reads
+        rr = np.zeros(len(reads), dtype=READ_RANGE_DTYPE)
+        rr["grp"] = nb.group
+        rr["src_e_index"] = reads["source"]
+        rr["offset"] = reads["offset"]
+        rr["size"] = reads["length"]
+        rr["first_seq"] = reads["first"]
+        rr["n_chunks"] = reads["count"]
+        range_parts.append(rr)
+    save_plan(
+        store,
+        plan.digest,
+        [image_id],
+        canonical_json(inputs.config).decode(),
+        json.dumps(inputs.flags.describe(), sort_keys=True),
+        blob_rows,
+        new_blobs,
+        np.concatenate(chunk_parts) if chunk_parts else np.zeros(0, dtype=NEW_BLOB_CHUNK_DTYPE),
+        np.concatenate(range_parts) if range_parts else np.zeros(0, dtype=READ_RANGE_DTYPE),
+    )
+

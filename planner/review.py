@@ -1,0 +1,75 @@
+"""Turning a (possibly hand-edited) plan file back into Decisions the layout step re-validates."""
+
+from __future__ import annotations
+
+import bisect
+
+from rafs.model import Bootstrap
+
+from .errors import ChunkLostError, PlanFileError
+from .facts import Flags
+from .plan import Plan
+from .policy import BlobDecision, Candidate, Decisions, MergeGroup
+
+
+def group_number(name: str, key: str, source: str) -> int:
+    if not (name.startswith("g") and name[1:].isdigit()):
+        raise PlanFileError(f"{source}: {key}: group names look like g0, g1, ..., got {name!r}")
+    return int(name[1:])
+
+
+def decisions_from_plan(plan: Plan, source: str) -> Decisions:
+    """The authoritative part of a plan: flags, per-blob actions and groups."""
+    try:
+        flags = Flags(**plan.flags)
+    except TypeError as exc:
+        raise PlanFileError(f"{source}: flags: {exc}") from None
+    version = plan.images[0].rafs_version if plan.images else 0
+    if not plan.summary.changes:
+        return Decisions(version, flags, (), (), (), plan.summary.noop_reason or "no changes planned")
+    blobs = []
+    for i, b in enumerate(plan.blobs):
+        if b.index != i:
+            raise PlanFileError(f"{source}: blobs[{i}].index: expected {i}, got {b.index}")
+        group = group_number(b.group, f"blobs[{i}].group", source) if b.group is not None else None
+        blobs.append(
+            BlobDecision(
+                index=i,
+                blob_id=b.blob_id,
+                action=b.decision,
+                reason=b.reason,
+                used_bytes=b.used_bytes,
+                used_chunks=0,
+                size=b.size_for_ratio or 0,
+                size_source=b.size_source or "table",
+                ratio=b.ratio,
+                threshold=int(plan.config.get("min_used_ratio", 0) or 0),
+                group=group,
+            )
+        )
+    groups = []
+    for k, g in enumerate(plan.groups):
+        members = tuple(sorted(g.members))
+        groups.append(MergeGroup(group_number(g.name, f"groups[{k}].name", source), g.target, members))
+    groups.sort(key=lambda g: g.target)
+    candidates = tuple(Candidate(i, s) for i, s in plan.merge_candidates)
+    return Decisions(version, flags, tuple(blobs), tuple(groups), candidates, None)
+
+
+def path_of_occurrence(bs: Bootstrap, occurrence: int) -> str:
+    """The path of a file whose chunk list holds ``occurrence`` (for error messages)."""
+    starts = [(n.chunk_start, pos) for pos, n in enumerate(bs.nodes) if n.chunk_count]
+    starts.sort()
+    i = bisect.bisect_right(starts, (occurrence, len(bs.nodes))) - 1
+    if i >= 0:
+        node = bs.nodes[starts[i][1]]
+        if node.chunk_start <= occurrence < node.chunk_start + node.chunk_count:
+            return node.path.decode("utf-8", "backslashreplace")
+    return f"<occurrence {occurrence}>"
+
+
+def explain_lost(exc: ChunkLostError, bs: Bootstrap, source: str) -> PlanFileError:
+    return PlanFileError(
+        f"{source}: rejected: blob {exc.blob_id} would be gone, but {path_of_occurrence(bs, exc.occurrence)} "
+        f"needs its chunk at compressed offset {exc.compressed_offset}; keep the blob or put it in a group"
+    )
