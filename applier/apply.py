@@ -1,0 +1,364 @@
+"""`compact apply`: execute a reviewed plan idempotently, with checkpoints in the store.
+
+Order of work, each step checkpointed: stale-plan check, re-validation of the decisions
+against the source bootstrap, one step per new blob (temp file, fsync, rename to its id),
+the new bootstrap, the output JSON. A rerun skips completed steps after checking their outputs
+still exist with the recorded size and sha256; source blobs are never written or deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from backends.base import BlobBackend
+from backends.config import BackendConfig
+from backends.errors import BackendError
+from planner import __version__
+from planner.config import CompactConfig, canonical_json
+from planner.errors import ChunkLostError, PlanError
+from planner.facts import SourceBlob, facts_from_bootstrap
+from planner.layout import Layout, NewBlob, layout
+from planner.plan import Plan
+from planner.review import decisions_from_plan, explain_lost
+from rafs import v5, v6
+from rafs.loader import load_bootstrap
+from rafs.model import BlobInfo, Bootstrap
+from safeio import atomic_write_bytes, atomic_writer, remove_stale_temps
+from store.db import Store
+from store.runs import (
+    RUN_FAILED,
+    RUN_SUCCEEDED,
+    STEP_DONE,
+    STEP_RUNNING,
+    STEP_SKIPPED,
+    completed_steps,
+    find_run,
+    finish_run,
+    record_step,
+    start_run,
+)
+
+from .blobs import WrittenBlob, file_sha256, temp_name, write_new_blob
+from .errors import ApplyError
+from .faults import fault_point
+
+Progress = Callable[[str, int, int], None]  # (label, done bytes, total bytes)
+
+
+@dataclass
+class ApplyOptions:
+    plan_path: Path
+    blobs_dir: Path  # where new blobs are written
+    output_bootstrap: Path | None = None
+    output_json: Path | None = None
+    verify: bool = False
+    jobs: int = 1
+
+
+@dataclass
+class ApplyResult:
+    status: str  # "applied" | "resumed" | "already-applied" | "no-changes"
+    message: str
+    bootstrap: Path | None = None
+    blobs: list[str] = field(default_factory=list)
+    new_blobs: list[dict] = field(default_factory=list)
+    kept_blobs: list[str] = field(default_factory=list)
+    deletable_blobs: list[str] = field(default_factory=list)
+    plan_digest: str = ""
+    run_id: int | None = None
+    resumes: int = 0
+
+    def output_document(self) -> dict:
+        """The output JSON: upstream-compatible version/bootstrap/blobs, plus what changed."""
+        return {
+            "version": __version__,
+            "bootstrap": str(self.bootstrap) if self.bootstrap else None,
+            "blobs": self.blobs,
+            "new_blobs": self.new_blobs,
+            "kept_blobs": self.kept_blobs,
+            "deletable_blobs": self.deletable_blobs,
+            "plan_digest": self.plan_digest,
+        }
+
+
+def stale_reasons(plan: Plan, backend: BlobBackend, backend_config: BackendConfig) -> list[str]:
+    """Everything that differs between the plan's recorded inputs and the inputs now."""
+    reasons = []
+    for im in plan.images:
+        path = Path(im.path)
+        if not path.is_file():
+            reasons.append(f"bootstrap {im.path} is gone")
+        elif file_sha256(path) != im.sha256:
+            reasons.append(f"bootstrap {im.path} changed (sha256 differs)")
+    if plan.chunk_dict is not None:
+        path = Path(plan.chunk_dict.path)
+        if not path.is_file() or file_sha256(path) != plan.chunk_dict.sha256:
+            reasons.append(f"chunk dict {plan.chunk_dict.path} changed or is gone")
+    try:
+        cfg_bytes = canonical_json(CompactConfig(**plan.config))
+    except (TypeError, PlanError) as exc:
+        reasons.append(f"config section is invalid ({exc})")
+    else:
+        if hashlib.sha256(cfg_bytes).hexdigest() != plan.config_sha256:
+            reasons.append("config section was edited (config_sha256 differs); edit decisions, not the config")
+    if backend_config.fingerprint() != plan.backend:
+        reasons.append("the backend differs from the one the plan was made with")
+    for b in plan.blobs:
+        if b.observed_size is None:
+            continue
+        try:
+            now = backend.blob_size(b.blob_id)
+        except BackendError:
+            reasons.append(f"blob {b.blob_id} is gone from the backend")
+            continue
+        if now != b.observed_size:
+            reasons.append(f"blob {b.blob_id} is now {now} bytes, the plan saw {b.observed_size}")
+    return reasons
+
+
+def prepare(plan: Plan, source_name: str, src: Bootstrap) -> tuple[Layout, list[SourceBlob], list[BlobInfo]]:
+    """Recompute the recipe from the plan's decisions and refuse any that lose a chunk.
+
+    Returns the layout, E as policy facts, and E as blob-table entries (source table, then the
+    chunk-dict blobs it lacks), from which kept entries are copied into the new table.
+    """
+    observed = {b.blob_id: b.observed_size for b in plan.blobs if b.observed_size is not None}
+    dict_bs = load_bootstrap(plan.chunk_dict.path) if plan.chunk_dict is not None else None
+    facts = facts_from_bootstrap(src, observed, dict_bs)
+    decisions = decisions_from_plan(plan, source_name)
+    try:
+        result = layout(facts, decisions)
+    except ChunkLostError as exc:
+        raise explain_lost(exc, src, source_name) from None
+    except PlanError as exc:
+        raise PlanError(f"{source_name}: rejected: {exc}") from None
+    sources, infos = list(facts.blobs), list(src.blobs)
+    if dict_bs is not None:
+        ids = {b.blob_id for b in sources}
+        for fact, info in zip(facts.chunk_dict.blobs, dict_bs.blobs):
+            if fact.blob_id not in ids:
+                ids.add(fact.blob_id)
+                sources.append(fact)
+                infos.append(info)
+    return result, sources, infos
+
+
+def apply_plan(
+    plan: Plan,
+    recorded_digest: str | None,
+    opts: ApplyOptions,
+    backend: BlobBackend,
+    backend_config: BackendConfig,
+    store: Store,
+    progress: Progress | None = None,
+) -> ApplyResult:
+    source_name = str(opts.plan_path)
+    digest = plan.digest
+    if not plan.images:
+        raise ApplyError(f"{source_name}: the plan names no image")
+    image = plan.images[0]
+    out_boot = opts.output_bootstrap or Path(image.output)
+    _check_output_path(out_boot, Path(image.path), opts.blobs_dir)
+
+    reasons = stale_reasons(plan, backend, backend_config)
+    if reasons:
+        raise ApplyError(f"{source_name}: plan is stale: {'; '.join(reasons)}; run `compact plan` again")
+    if not plan.summary.changes:
+        return ApplyResult("no-changes", f"nothing to do: {plan.summary.noop_reason}", plan_digest=digest)
+
+    src = load_bootstrap(image.path)
+    result, sources, infos = prepare(plan, source_name, src)
+    outputs = {"bootstrap": str(out_boot.resolve()), "blobs_dir": str(opts.blobs_dir.resolve())}
+    inputs = {"bootstrap_sha256": image.sha256}
+    previous = find_run(store, digest)
+    if previous is not None and previous.status == RUN_SUCCEEDED and previous.outputs == outputs:
+        done = completed_steps(store, previous.id)
+        problems = _check_outputs(done, opts.blobs_dir, out_boot)
+        if not problems:
+            return _result_from_steps(previous, done, digest, out_boot, result, sources)
+        # Outputs vanished or changed since: redo the run from scratch.
+    opts.blobs_dir.mkdir(parents=True, exist_ok=True)
+    from .lock import blobs_dir_lock
+
+    with blobs_dir_lock(opts.blobs_dir):
+        remove_stale_temps(opts.blobs_dir, prefix=temp_name(digest, 0).rsplit(".", 1)[0] + ".")
+        run = start_run(store, digest, outputs=outputs, inputs=inputs)
+        try:
+            written = _write_blobs(plan, result, sources, backend, opts, store, run.id, digest, src, progress)
+            new_bs = _new_bootstrap(src, result, written, infos)
+            data = v5.dump(new_bs) if new_bs.version == 5 else v6.dump(new_bs)
+            boot_sha = hashlib.sha256(data).hexdigest()
+            done = completed_steps(store, run.id)
+            step = done.get("bootstrap")
+            if step is None or step.sha256 != boot_sha or not _same_file(out_boot, len(data), boot_sha):
+                record_step(store, run.id, "bootstrap", STEP_RUNNING)
+                _write_bootstrap(out_boot, data)
+                fault_point("bootstrap-done")
+                record_step(store, run.id, "bootstrap", STEP_DONE, bytes=len(data), size=len(data), sha256=boot_sha)
+            res = _result(run.id, run.resumes, written, result, sources, digest, out_boot)
+            if opts.output_json is not None:
+                doc = json.dumps(res.output_document(), indent=2, sort_keys=True).encode() + b"\n"
+                atomic_write_bytes(opts.output_json, doc)
+                record_step(store, run.id, "json", STEP_DONE, size=len(doc), sha256=hashlib.sha256(doc).hexdigest())
+                fault_point("json-done")
+            finish_run(store, run.id, RUN_SUCCEEDED)
+        except BaseException:
+            finish_run(store, run.id, RUN_FAILED)
+            raise
+    res.status = "resumed" if run.resumes else "applied"
+    res.message = _summary(res)
+    if recorded_digest is not None and recorded_digest != digest:
+        res.message += " (the plan was edited after `compact plan`; its decisions were re-validated)"
+    return res
+
+
+def _check_output_path(out_boot: Path, source: Path, blobs_dir: Path) -> None:
+    if out_boot.resolve() == source.resolve():
+        raise ApplyError(f"{out_boot}: refusing to overwrite the source bootstrap; choose another -O")
+    if out_boot.resolve().parent == blobs_dir.resolve() and len(out_boot.name) == 64:
+        raise ApplyError(f"{out_boot}: looks like a blob file name in the blobs dir; choose another -O")
+
+
+def _same_file(path: Path, size: int, sha: str) -> bool:
+    return path.is_file() and path.stat().st_size == size and file_sha256(path) == sha
+
+
+def _check_outputs(done: dict, blobs_dir: Path, out_boot: Path) -> list[str]:
+    problems = []
+    for key, step in done.items():
+        if key.startswith("blob:") and not _same_file(blobs_dir / step.blob_id, step.size, step.sha256):
+            problems.append(f"{blobs_dir / step.blob_id} is missing or changed")
+        if key == "bootstrap" and not _same_file(out_boot, step.size, step.sha256):
+            problems.append(f"{out_boot} is missing or changed")
+    return problems
+
+
+def _write_blobs(
+    plan: Plan,
+    result: Layout,
+    sources: list[SourceBlob],
+    backend: BlobBackend,
+    opts: ApplyOptions,
+    store: Store,
+    run_id: int,
+    digest: str,
+    src: Bootstrap,
+    progress: Progress | None,
+) -> dict[int, WrittenBlob]:
+    done = completed_steps(store, run_id)
+    written: dict[int, WrittenBlob] = {}
+    todo: list[NewBlob] = []
+    for nb in result.new_blobs:
+        step = done.get(f"blob:g{nb.group}")
+        if step is not None and _same_file(opts.blobs_dir / step.blob_id, step.size, step.sha256):
+            info = _info_from_step(nb, step, src.chunk_size, opts.blobs_dir)
+            written[nb.group] = WrittenBlob(info, opts.blobs_dir / step.blob_id, step.sha256, 0, 0, True)
+        else:
+            todo.append(nb)
+    total = sum(int(nb.reads["length"].sum()) for nb in todo)
+    copied = [0]
+
+    def advance(n: int) -> None:
+        copied[0] += n
+        if progress is not None:
+            progress("copying chunks", copied[0], total)
+
+    def work(nb: NewBlob) -> WrittenBlob:
+        return write_new_blob(
+            nb, sources, backend, opts.blobs_dir, version=src.version, chunk_size=src.chunk_size,
+            plan_digest=digest, whole_file_id=bool(plan.flags.get("i2_whole_file_id", True)) or src.version == 5,
+            verify=opts.verify, progress=advance,
+        )
+
+    for nb in todo:
+        record_step(store, run_id, f"blob:g{nb.group}", STEP_RUNNING)
+    with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+        for nb, wb in zip(todo, pool.map(work, todo)):
+            fault_point(f"blob-done:g{nb.group}")
+            record_step(
+                store, run_id, f"blob:g{nb.group}", STEP_SKIPPED if wb.reused else STEP_DONE,
+                bytes=wb.info.compressed_size, requests=wb.requests, blob_id=wb.info.blob_id,
+                size=wb.info.compressed_size, sha256=wb.sha256, detail=_info_detail(wb.info),
+            )
+            written[nb.group] = wb
+    return written
+
+
+def _info_detail(info: BlobInfo) -> str:
+    """Blob-table fields a resumed run needs to rebuild the entry without rereading the blob."""
+    return json.dumps(
+        {
+            "uncompressed_size": info.uncompressed_size,
+            "chunk_count": info.chunk_count,
+            "features": info.features,
+            "ci_compressor": info.ci_compressor,
+            "ci_offset": info.ci_offset,
+            "ci_compressed_size": info.ci_compressed_size,
+            "ci_uncompressed_size": info.ci_uncompressed_size,
+        },
+        sort_keys=True,
+    )
+
+
+def _info_from_step(nb: NewBlob, step, chunk_size: int, blobs_dir: Path) -> BlobInfo:
+    try:
+        d = json.loads(step.detail or "")
+    except json.JSONDecodeError:
+        raise ApplyError(f"state store: checkpoint of blob:g{nb.group} is incomplete; delete {blobs_dir / step.blob_id} and rerun") from None
+    return BlobInfo(
+        blob_id=step.blob_id, compressed_size=step.size, compressor=nb.compressor, digester=nb.digester,
+        chunk_size=chunk_size, **d,
+    )
+
+
+def _new_bootstrap(src: Bootstrap, result: Layout, written: dict[int, WrittenBlob], infos: list[BlobInfo]) -> Bootstrap:
+    """The source tree with relocated chunks and the new blob table; everything else unchanged."""
+    blobs = [written[e.group].info if e.group is not None else infos[e.source] for e in result.table]
+    blobs = [replace(b, chunk_size=src.chunk_size) if src.version == 5 else b for b in blobs]
+    return replace(src, blobs=blobs, chunks=result.chunks)
+
+
+def _write_bootstrap(path: Path, data: bytes) -> None:
+    with atomic_writer(path) as fp:
+        half = len(data) // 2
+        fp.write(data[:half])
+        fault_point("bootstrap-mid")
+        fp.write(data[half:])
+
+
+def _result(run_id, resumes, written, result, sources, digest, out_boot) -> ApplyResult:
+    ids = [written[e.group].info.blob_id if e.group is not None else e.blob_id for e in result.table]
+    new = [
+        {"group": f"g{e.group}", "blob_id": written[e.group].info.blob_id,
+         "size": written[e.group].info.compressed_size, "chunk_count": written[e.group].info.chunk_count}
+        for e in result.table
+        if e.group is not None
+    ]
+    kept = [e.blob_id for e in result.table if e.group is None]
+    deletable = list(dict.fromkeys(b.blob_id for b in sources if b.blob_id not in ids))
+    return ApplyResult("applied", "", out_boot, ids, new, kept, deletable, digest, run_id, resumes)
+
+
+def _result_from_steps(run, done, digest, out_boot, result, sources) -> ApplyResult:
+    written = {}
+    for nb in result.new_blobs:
+        step = done[f"blob:g{nb.group}"]
+        info = BlobInfo(step.blob_id, nb.chunk_count, step.size, 0, 0, nb.compressor, nb.digester, 0)
+        written[nb.group] = WrittenBlob(info, Path(step.blob_id), step.sha256, 0, 0, True)
+    res = _result(run.id, run.resumes, written, result, sources, digest, out_boot)
+    res.status = "already-applied"
+    res.message = f"already applied (run {run.id}); outputs checked: {len(written)} new blobs and {out_boot} are intact"
+    return res
+
+
+def _summary(res: ApplyResult) -> str:
+    verb = "resumed and applied" if res.status == "resumed" else "applied"
+    return (
+        f"{verb}: {len(res.new_blobs)} new blobs, {len(res.kept_blobs)} kept, "
+        f"{len(res.deletable_blobs)} deletable; bootstrap {res.bootstrap}"
+    )

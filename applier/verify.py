@@ -1,0 +1,61 @@
+"""`compact verify` and `compact gc`: checking an image against its blobs, finding orphaned blobs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from backends.base import BlobBackend
+from backends.errors import BackendError
+from rafs.blob import ChunkSource, VerifyStats
+from rafs.model import Bootstrap
+
+BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass
+class VerifyReport:
+    problems: list[str]
+    stats: VerifyStats
+    blobs: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self, bootstrap: str) -> str:
+        s = self.stats
+        state = "OK" if self.ok else f"FAILED ({s.problems} problem(s))"
+        return (
+            f"verify {bootstrap}: {state}: {self.blobs} blobs, {s.checked} of {s.distinct} distinct chunks "
+            f"({s.occurrences} occurrences) checked, {s.bytes_read} bytes read"
+        )
+
+
+def verify_image(
+    bs: Bootstrap, backend: BlobBackend, limit: int = 20, progress: Callable[[int, int], None] | None = None
+) -> VerifyReport:
+    """Every blob of the table present with its recorded size, and every chunk sound."""
+    problems: list[str] = []
+    for i, blob in enumerate(bs.blobs):
+        try:
+            size = backend.blob_size(blob.blob_id)
+        except BackendError as exc:
+            problems.append(f"blob [{i}] {exc}")
+            continue
+        if blob.compressed_size and size != blob.compressed_size:
+            problems.append(f"blob [{i}] {blob.blob_id}: {size} bytes, the blob table says {blob.compressed_size}")
+    source = ChunkSource(bs, backend)
+    chunk_problems = source.verify(progress=progress, limit=max(1, limit - len(problems)))
+    source.stats.problems += len(problems)
+    return VerifyReport((problems + chunk_problems)[: limit + 1], source.stats, len(bs.blobs))
+
+
+def orphaned_blobs(blobs_dir: Path, keep: list[Bootstrap]) -> list[Path]:
+    """Blob files (64-hex names) in ``blobs_dir`` that no bootstrap in ``keep`` references."""
+    referenced = {b.blob_id for bs in keep for b in bs.blobs}
+    return sorted(
+        p for p in blobs_dir.iterdir() if p.is_file() and BLOB_NAME.match(p.name) and p.name not in referenced
+    )

@@ -1,0 +1,151 @@
+"""`compact apply`, `compact verify` and `compact gc`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from applier.apply import ApplyOptions, apply_plan
+from applier.errors import ApplyError
+from applier.verify import orphaned_blobs, verify_image
+from backends.config import FINGERPRINT_KEYS, BackendConfig, load_backend_config, open_backend
+from planner.planfile import human_size, load_plan
+from rafs.loader import load_bootstrap
+from store.db import open_store
+
+from .app import EXIT_ERROR, EXIT_OK, app
+from .plan_cmd import default_state
+
+
+@contextmanager
+def progress_bar(enabled: bool):
+    """A rich progress bar on a terminal; nothing otherwise (scripts get quiet, parseable output)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), transient=True) as bar:
+        task = bar.add_task("working", total=None)
+
+        def update(label: str, done: int, total: int) -> None:
+            bar.update(task, description=label, completed=done, total=total)
+
+        yield update
+
+
+def plan_backend(plan_backend: dict, backend_config: Path | None, backend_type: str | None) -> BackendConfig:
+    """The backend to read source blobs from: given again, or rebuilt from the plan for localfs."""
+    if backend_config is not None:
+        return load_backend_config(backend_config, backend_type)
+    if plan_backend.get("type") != "localfs":
+        raise ApplyError(
+            f"the plan reads blobs from a {plan_backend.get('type')} backend; pass the same --backend-config "
+            "(secrets are never stored in plans)"
+        )
+    cfg = {k: plan_backend[k] for k in FINGERPRINT_KEYS if k in plan_backend}
+    return BackendConfig("localfs", cfg, "plan")
+
+
+@app.command("apply")
+def apply_command(
+    plan_file: Path = typer.Argument(..., help="Plan written by `compact plan` (possibly reviewed and edited)."),
+    output_bootstrap: Path | None = typer.Option(None, "-O", "--output-bootstrap", help="New bootstrap [default: the plan's images[].output]."),
+    blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Where new blobs are written [default: the plan's localfs dir]."),
+    backend_config: Path | None = typer.Option(None, "--backend-config", help="Backend config for source blobs, when the plan's backend is not localfs."),
+    backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw --backend-config."),
+    output_json: Path | None = typer.Option(None, "--output-json", "-J", help="Write the result JSON here."),
+    verify: bool = typer.Option(False, "--verify", help="Check every copied chunk, then every chunk of the new image, against its digest."),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="New blobs written in parallel."),
+    state: Path | None = typer.Option(None, "--state", help="SQLite state store [default: PLAN.state.sqlite next to the plan]."),
+) -> int:
+    """Execute a plan: write new blobs and the new bootstrap. Idempotent and resumable.
+
+    Example:
+
+        compact apply plan.yaml -O image.compact.boot --output-json result.json
+    """
+    plan, recorded = load_plan(plan_file)
+    bcfg = plan_backend(plan.backend, backend_config, backend_type)
+    if blobs_dir is None:
+        default = bcfg.config.get("dir") or plan.config.get("blobs_dir")
+        if not default:
+            raise ApplyError("where should new blobs go? pass --blobs-dir DIR")
+        blobs_dir = Path(default)
+    opts = ApplyOptions(plan_file, blobs_dir, output_bootstrap, output_json, verify, jobs)
+    with open_backend(bcfg) as backend, open_store(state or default_state(plan_file)) as store:
+        with progress_bar(sys.stderr.isatty()) as progress:
+            result = apply_plan(plan, recorded, opts, backend, bcfg, store, progress)
+        typer.echo(result.message)
+        if verify and result.bootstrap is not None:
+            from applier.overlay import NewImageBackend
+
+            new_bs = load_bootstrap(result.bootstrap)
+            report = verify_image(new_bs, NewImageBackend(blobs_dir, backend))
+            typer.echo(report.summary(str(result.bootstrap)))
+            for p in report.problems:
+                typer.echo(f"  {p}", err=True)
+            if not report.ok:
+                return EXIT_ERROR
+    return EXIT_OK
+
+
+@app.command("verify")
+def verify_command(
+    bootstrap: Path = typer.Argument(..., help="Bootstrap to check."),
+    blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Directory holding the blobs."),
+    backend_config: Path | None = typer.Option(None, "--backend-config", help="Backend config instead of --blobs-dir."),
+    backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw --backend-config."),
+    max_problems: int = typer.Option(20, "--max-problems", min=1, help="How many problems to list."),
+) -> int:
+    """Check an image: every blob present with the right size, every chunk decompresses to its digest,
+    v6 blob meta consistent with the bootstrap. One summary line; exit 1 on any problem.
+
+    Example:
+
+        compact verify image.compact.boot --blobs-dir blobs/
+    """
+    from .plan_cmd import resolve_backend
+    from planner.config import CompactConfig
+
+    bcfg = resolve_backend(blobs_dir, backend_config, backend_type, CompactConfig())
+    bs = load_bootstrap(bootstrap)
+    with open_backend(bcfg) as backend:
+        report = verify_image(bs, backend, limit=max_problems)
+    typer.echo(report.summary(str(bootstrap)))
+    for p in report.problems:
+        typer.echo(f"  {p}", err=True)
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+@app.command("gc")
+def gc_command(
+    keep: list[Path] = typer.Option(..., "--keep", help="Bootstrap whose blobs must stay (repeatable)."),
+    blobs_dir: Path = typer.Option(..., "--blobs-dir", "-D", help="Directory holding blob files."),
+    delete: bool = typer.Option(False, "--delete", help="Really delete; without it, only list (dry run)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> int:
+    """List (or with --delete remove) blob files no given bootstrap references.
+
+    Example:
+
+        compact gc --keep image.compact.boot --blobs-dir blobs/ --delete
+    """
+    kept = [load_bootstrap(p) for p in keep]
+    orphans = orphaned_blobs(blobs_dir, kept)
+    total = sum(p.stat().st_size for p in orphans)
+    if delete:
+        for p in orphans:
+            p.unlink()
+    if as_json:
+        typer.echo(json.dumps({"deleted": delete, "blobs": [p.name for p in orphans], "bytes": total}, indent=2))
+    else:
+        for p in orphans:
+            typer.echo(f"{'deleted' if delete else 'unreferenced'} {p}")
+        typer.echo(f"{len(orphans)} blob(s), {human_size(total)} {'deleted' if delete else 'reclaimable (dry run; add --delete)'}")
+    return EXIT_OK
