@@ -2,6 +2,11 @@
 
 ``layout`` re-validates its input: decisions may come from a plan file a reviewer edited, so
 every rule the policy follows by construction is checked again here.
+
+One deviation from literal R: in RAFS v6 a new blob holds each digest once. With offset keys R
+would copy a digest that two merged blobs both hold twice, but the v6 chunk-info table keeps one
+entry per (digest, blob) (rafs-v6.md §14), so such an image would not load; later copies are
+dropped and their occurrences use the first copy in recipe order.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .policy import (
     MergeGroup,
     Resolution,
     digest_columns,
+    first_equal,
     merge_class,
     resolve,
 )
@@ -136,8 +142,8 @@ def layout(facts: Facts, decisions: Decisions) -> Layout:
         group_of[list(g.members)] = group_new[g.group]
     _check_nothing_lost(res, kept_new, group_of)
 
-    new_blobs = _recipes(facts, res, decisions, group_of, group_new)
-    chunks = _relocate(facts, res, kept_new, group_of, new_blobs)
+    new_blobs, alias = _recipes(facts, res, decisions, group_of, group_new)
+    chunks = _relocate(facts, res, kept_new, group_of, new_blobs, alias)
     changed = np.zeros(len(chunks), dtype=bool)
     for f in LOCATION_FIELDS:
         changed |= chunks[f] != facts.chunks[f]
@@ -226,8 +232,12 @@ def _check_nothing_lost(res: Resolution, kept_new: np.ndarray, group_of: np.ndar
 
 def _recipes(
     facts: Facts, res: Resolution, decisions: Decisions, group_of: np.ndarray, group_new: dict[int, int]
-) -> list[NewBlob]:
-    """Each group's chunks: the winners of its members, by (source E index, offset, digest) (§1.11)."""
+) -> tuple[list[NewBlob], np.ndarray]:
+    """Each group's chunks: the winners of its members, by (source E index, offset, digest) (§1.11).
+
+    Also returns, per occurrence position, the winner whose new slot it takes: itself, except for
+    a v6 winner dropped as a same-digest copy, which takes the kept copy's.
+    """
     ch = facts.chunks
     w = res.winners[group_of[ch["blob_index"][res.winners]] >= 0]
     wblob = ch["blob_index"][w].astype(np.int64)
@@ -235,9 +245,12 @@ def _recipes(
     w, new_of_w = w[order], group_of[wblob[order]]
 
     out = []
+    alias = np.arange(len(ch), dtype=np.int64)
     for g in sorted(decisions.groups, key=lambda g: group_new[g.group]):
         new_index = group_new[g.group]
         sel = w[np.searchsorted(new_of_w, new_index, "left") : np.searchsorted(new_of_w, new_index, "right")]
+        if facts.version == 6:
+            sel = _drop_same_digest(ch, sel, alias, res, f"new blob {new_index} (group {g.group})")
         target = res.ext.blobs[g.target]
         # F5: v6 needs 4 KiB-aligned offsets; v5 keeps the source's alignment.
         aligned = facts.version == 6 or any(res.ext.blobs[i].features & BlobFeatures.ALIGNED for i in g.members)
@@ -258,7 +271,35 @@ def _recipes(
         )
         _check_limits(facts.version, blob, decisions.flags.i5_chunk_cap)
         out.append(blob)
-    return out
+    return out, alias
+
+
+def _drop_same_digest(ch: np.ndarray, sel: np.ndarray, alias: np.ndarray, res: Resolution, where: str) -> np.ndarray:
+    """The winners ``sel`` (in recipe order) less later copies of a digest, which ``alias`` maps to the first.
+
+    A copy may only go if it is the same chunk record-wise; otherwise the v6 chunk table cannot
+    hold both and the plan is refused.
+    """
+    first = sel[first_equal(digest_columns(ch[sel]))]
+    dropped = first != sel
+    if not dropped.any():
+        return sel
+    copies, kept = sel[dropped], first[dropped]
+    for field in ("compressed_size", "uncompressed_size", "flags"):
+        bad = np.flatnonzero(ch[field][copies] != ch[field][kept])
+        if bad.size:
+            a, b = int(kept[bad[0]]), int(copies[bad[0]])
+            raise PlanError(
+                f"{where}: chunk {bytes(ch['block_id'][a]).hex()} is at {_source_of(ch, res, a)} and at "
+                f"{_source_of(ch, res, b)} with a different {field.replace('_', ' ')} "
+                f"({int(ch[field][a])} vs {int(ch[field][b])}); the v6 chunk table holds one entry per digest and blob"
+            )
+    alias[copies] = kept
+    return sel[~dropped]
+
+
+def _source_of(ch: np.ndarray, res: Resolution, o: int) -> str:
+    return f"blob {res.ext.blobs[int(ch['blob_index'][o])].blob_id} compressed offset {int(ch['compressed_offset'][o])}"
 
 
 def _recipe(ch: np.ndarray, sel: np.ndarray, aligned: bool) -> tuple[np.ndarray, int]:
@@ -322,7 +363,12 @@ def _check_limits(version: int, blob: NewBlob, cap: int | None) -> None:
 
 
 def _relocate(
-    facts: Facts, res: Resolution, kept_new: np.ndarray, group_of: np.ndarray, new_blobs: list[NewBlob]
+    facts: Facts,
+    res: Resolution,
+    kept_new: np.ndarray,
+    group_of: np.ndarray,
+    new_blobs: list[NewBlob],
+    alias: np.ndarray,
 ) -> np.ndarray:
     """Every occurrence moves with its home chunk: a kept blob's new index, or its winner's new slot."""
     out = facts.chunks.copy()
@@ -344,7 +390,7 @@ def _relocate(
         slot_coff[occ] = nb.chunks["compressed_offset"]
         slot_uoff[occ] = nb.chunks["uncompressed_offset"]
     moved = np.flatnonzero(group_of[res.home_blob] >= 0)
-    w = res.winner[moved]  # never -1: dict blobs cannot be in a group
+    w = alias[res.winner[moved]]  # never -1: dict blobs cannot be in a group
     out["blob_index"][moved] = slot_blob[w]
     out["index"][moved] = slot_index[w]
     out["compressed_offset"][moved] = slot_coff[w]
