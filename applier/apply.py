@@ -28,7 +28,7 @@ from planner.review import decisions_from_plan, explain_lost
 from rafs import v5, v6
 from rafs.loader import load_bootstrap
 from rafs.model import BlobInfo, Bootstrap
-from safeio import atomic_write_bytes, atomic_writer, remove_stale_temps
+from safeio import atomic_writer, remove_stale_temps
 from store.db import Store
 from store.runs import (
     RUN_FAILED,
@@ -43,9 +43,11 @@ from store.runs import (
     start_run,
 )
 
-from .blobs import WrittenBlob, file_sha256, temp_name, write_new_blob
+from .blobs import WrittenBlob, file_sha256, temp_prefix, write_new_blob
 from .errors import ApplyError
 from .faults import fault_point
+from .lock import blobs_dir_lock
+from .verify import BLOB_NAME
 
 Progress = Callable[[str, int, int], None]  # (label, done bytes, total bytes)
 
@@ -163,7 +165,7 @@ def apply_plan(
         raise ApplyError(f"{source_name}: the plan names no image")
     image = plan.images[0]
     out_boot = opts.output_bootstrap or Path(image.output)
-    _check_output_path(out_boot, Path(image.path), opts.blobs_dir)
+    _check_output_paths(plan, opts, out_boot)
 
     reasons = stale_reasons(plan, backend, backend_config)
     if reasons:
@@ -175,18 +177,22 @@ def apply_plan(
     result, sources, infos = prepare(plan, source_name, src)
     outputs = {"bootstrap": str(out_boot.resolve()), "blobs_dir": str(opts.blobs_dir.resolve())}
     inputs = {"bootstrap_sha256": image.sha256}
-    previous = find_run(store, digest)
-    if previous is not None and previous.status == RUN_SUCCEEDED and previous.outputs == outputs:
-        done = completed_steps(store, previous.id)
-        problems = _check_outputs(done, opts.blobs_dir, out_boot)
-        if not problems:
-            return _result_from_steps(previous, done, digest, out_boot, result, sources)
-        # Outputs vanished or changed since: redo the run from scratch.
     opts.blobs_dir.mkdir(parents=True, exist_ok=True)
-    from .lock import blobs_dir_lock
-
     with blobs_dir_lock(opts.blobs_dir):
-        remove_stale_temps(opts.blobs_dir, prefix=temp_name(digest, 0).rsplit(".", 1)[0] + ".")
+        tmp = temp_prefix(digest)
+        previous = find_run(store, digest)
+        if previous is not None and previous.status == RUN_SUCCEEDED and previous.outputs == outputs:
+            done = completed_steps(store, previous.id)
+            if not _check_outputs(done, opts.blobs_dir, out_boot):
+                res = _result_from_steps(previous, done, digest, out_boot, result, sources)
+                if opts.output_json is not None:
+                    _write_json(opts.output_json, res, tmp, only_if_changed=True)
+                return res
+            # Outputs vanished or changed since: redo the run from scratch.
+        # A killed run leaves its temp files beside each output, not only in the blobs dir.
+        out_dirs = [opts.blobs_dir, out_boot.parent] + ([opts.output_json.parent] if opts.output_json else [])
+        for directory in dict.fromkeys(d.resolve() for d in out_dirs):
+            remove_stale_temps(directory, prefix=tmp)
         run = start_run(store, digest, outputs=outputs, inputs=inputs)
         try:
             written = _write_blobs(plan, result, sources, backend, opts, store, run.id, digest, src, progress)
@@ -197,13 +203,12 @@ def apply_plan(
             step = done.get("bootstrap")
             if step is None or step.sha256 != boot_sha or not _same_file(out_boot, len(data), boot_sha):
                 record_step(store, run.id, "bootstrap", STEP_RUNNING)
-                _write_bootstrap(out_boot, data)
+                _write_bootstrap(out_boot, data, tmp + "bootstrap")
                 fault_point("bootstrap-done")
                 record_step(store, run.id, "bootstrap", STEP_DONE, bytes=len(data), size=len(data), sha256=boot_sha)
             res = _result(run.id, run.resumes, written, result, sources, digest, out_boot)
             if opts.output_json is not None:
-                doc = json.dumps(res.output_document(), indent=2, sort_keys=True).encode() + b"\n"
-                atomic_write_bytes(opts.output_json, doc)
+                doc = _write_json(opts.output_json, res, tmp)
                 record_step(store, run.id, "json", STEP_DONE, size=len(doc), sha256=hashlib.sha256(doc).hexdigest())
                 fault_point("json-done")
             finish_run(store, run.id, RUN_SUCCEEDED)
@@ -217,11 +222,21 @@ def apply_plan(
     return res
 
 
-def _check_output_path(out_boot: Path, source: Path, blobs_dir: Path) -> None:
-    if out_boot.resolve() == source.resolve():
-        raise ApplyError(f"{out_boot}: refusing to overwrite the source bootstrap; choose another -O")
-    if out_boot.resolve().parent == blobs_dir.resolve() and len(out_boot.name) == 64:
-        raise ApplyError(f"{out_boot}: looks like a blob file name in the blobs dir; choose another -O")
+def _check_output_paths(plan: Plan, opts: ApplyOptions, out_boot: Path) -> None:
+    """No output may land on an input or on a blob file name, nor two outputs on one file."""
+    inputs = {"the source bootstrap": Path(plan.images[0].path), "the plan": opts.plan_path}
+    if plan.chunk_dict is not None:
+        inputs["the chunk dict"] = Path(plan.chunk_dict.path)
+    outputs = {"-O": out_boot} | ({"--output-json": opts.output_json} if opts.output_json is not None else {})
+    taken: dict[Path, str] = {path.resolve(): what for what, path in inputs.items()}
+    blobs_dir = opts.blobs_dir.resolve()
+    for flag, path in outputs.items():
+        where = path.resolve()
+        if where in taken:
+            raise ApplyError(f"{path}: refusing to overwrite {taken[where]}; choose another {flag}")
+        if where.parent == blobs_dir and BLOB_NAME.match(where.name):
+            raise ApplyError(f"{path}: looks like a blob file name in the blobs dir; choose another {flag}")
+        taken[where] = f"the {flag} output"
 
 
 def _same_file(path: Path, size: int, sha: str) -> bool:
@@ -277,7 +292,8 @@ def _write_blobs(
 
     for nb in todo:
         record_step(store, run_id, f"blob:g{nb.group}", STEP_RUNNING)
-    with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
+    try:
         for nb, wb in zip(todo, pool.map(work, todo)):
             fault_point(f"blob-done:g{nb.group}")
             record_step(
@@ -286,6 +302,9 @@ def _write_blobs(
                 size=wb.info.compressed_size, sha256=wb.sha256, detail=_info_detail(wb.info),
             )
             written[nb.group] = wb
+    finally:
+        # After a failure, groups not yet started are not copied for nothing.
+        pool.shutdown(wait=True, cancel_futures=True)
     return written
 
 
@@ -323,8 +342,17 @@ def _new_bootstrap(src: Bootstrap, result: Layout, written: dict[int, WrittenBlo
     return replace(src, blobs=blobs, chunks=result.chunks)
 
 
-def _write_bootstrap(path: Path, data: bytes) -> None:
-    with atomic_writer(path) as fp:
+def _write_json(path: Path, res: ApplyResult, tmp_prefix: str, only_if_changed: bool = False) -> bytes:
+    """The output JSON; a rerun of a finished plan rewrites it only if it is missing or differs."""
+    doc = json.dumps(res.output_document(), indent=2, sort_keys=True).encode() + b"\n"
+    if not (only_if_changed and _same_file(path, len(doc), hashlib.sha256(doc).hexdigest())):
+        with atomic_writer(path, tmp_name=tmp_prefix + "json") as fp:
+            fp.write(doc)
+    return doc
+
+
+def _write_bootstrap(path: Path, data: bytes, tmp_name: str) -> None:
+    with atomic_writer(path, tmp_name=tmp_name) as fp:
         half = len(data) // 2
         fp.write(data[:half])
         fault_point("bootstrap-mid")

@@ -24,7 +24,7 @@ from rafs.compression import decompress
 from rafs.digest import digest
 from rafs.flags import ChunkFlags
 from rafs.model import BlobInfo
-from safeio import fsync_dir
+from safeio import TMP_PREFIX, fsync_dir
 
 from .errors import ApplyError
 from .faults import fault_point
@@ -56,8 +56,13 @@ class _HashingFile:
         return self._fp.write(data)
 
 
+def temp_prefix(plan_digest: str) -> str:
+    """Names every temp file an apply of this plan writes, so a rerun finds exactly its own leftovers."""
+    return f"{TMP_PREFIX}{plan_digest.removeprefix('sha256:')[:16]}."
+
+
 def temp_name(plan_digest: str, group: int) -> str:
-    return f".compact-tmp.{plan_digest.removeprefix('sha256:')[:16]}.g{group}"
+    return f"{temp_prefix(plan_digest)}g{group}"
 
 
 def split_reads(nb: NewBlob) -> Iterator[tuple[int, int, int, int]]:

@@ -1,0 +1,129 @@
+"""Images, plans and `compact` runs shared by the apply, crash/resume and verify/gc tests.
+
+Images come from the real builder (the bundled sample plus xattrs, and a chunk-dict layer);
+plans and applies go through the real CLI, in-process (``cli``) or as a subprocess
+(``compact``) where exit status, signals or stderr of a separate process matter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cli.main import main
+from mkimage.builder import BuildOptions, build_image
+from mkimage.sample import make_sample_layers
+from rafs.compression import Compressor
+from rafs.digest import Digester
+
+CHUNK = 64 * 1024
+# Gives every kind of decision at once on the sample: blob 0 rebuilt (ratio 23 %), blob 1 kept,
+# blob 2 deleted (unreferenced), blobs 3 and 4 merged; two new blobs.
+REBUILD_AND_MERGE = ("--min-used-ratio", "50", "--compact-blob-size", "64KiB")
+# The default merge cap swallows everything: one new blob from four sources, one deletable.
+MERGE_ALL = ("--min-used-ratio", "50")
+OPTIONS = {
+    5: BuildOptions(fs_version=5, chunk_size=CHUNK, compressor=Compressor.LZ4_BLOCK, digester=Digester.SHA256),
+    6: BuildOptions(fs_version=6, chunk_size=CHUNK, compressor=Compressor.ZSTD, digester=Digester.BLAKE3),
+}
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+
+@dataclass
+class Image:
+    root: Path
+
+    @property
+    def boot(self) -> Path:
+        return self.root / "image.boot"
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    @property
+    def new_boot(self) -> Path:
+        return self.root / "image.boot.compact"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.yaml"
+
+
+def make_layers(dest: Path) -> list[Path]:
+    """The sample layers, with xattrs on a file, a directory and a hard-linked file."""
+    layers = make_sample_layers(dest / "layers")
+    os.setxattr(layers[0] / "usr/bin/tool-a", "user.origin", b"base")  # hard-linked as usr/sbin/tool-a
+    os.setxattr(layers[0] / "usr/share/doc", "user.dir", b"docs")
+    os.setxattr(layers[4] / "etc/motd", "user.greeting", b"\x00binary\xff")
+    os.setxattr(layers[4] / "etc/motd", "trusted.second", b"2")
+    return layers
+
+
+def make_dict_layer(layers: list[Path], dest: Path) -> Path:
+    """A chunk-dict source holding a copy of the sample's tool-a (so image chunks hit it) and its own data."""
+    (dest / "dict").mkdir(parents=True)
+    shutil.copyfile(layers[0] / "usr/bin/tool-a", dest / "dict/tool-a")
+    (dest / "dict/own").write_bytes(b"only in the dict " * 2000)
+    return dest
+
+
+def build(layers: list[Path], root: Path, version: int) -> Image:
+    build_image(layers, root, OPTIONS[version])
+    return Image(root)
+
+
+def build_with_dict(layers: list[Path], dict_layer: Path, root: Path, version: int) -> tuple[Image, Path]:
+    """The image plus a chunk dict built with the same options; dict blobs live in the image's blobs dir."""
+    image = build(layers, root / "image", version)
+    d = build_image([dict_layer], root / "dict", OPTIONS[version])
+    for blob in d.blob_paths:
+        shutil.copyfile(blob, image.blobs / blob.name)
+    return image, d.bootstrap_path
+
+
+def cli(*args: str | Path) -> Run:
+    """`compact ARGS` in this process (fast); stdout and stderr captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return Run(rc, out.getvalue(), err.getvalue())
+
+
+def compact(*args: str | Path, fault: str | None = None, timeout: float = 120) -> Run:
+    """`compact ARGS` as a separate process; ``fault`` sets COMPACT_FAULT."""
+    env = {k: v for k, v in os.environ.items() if k != "COMPACT_FAULT"}
+    if fault is not None:
+        env["COMPACT_FAULT"] = fault
+    r = subprocess.run(
+        [sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    return Run(r.returncode, r.stdout, r.stderr)
+
+
+def plan(image: Image, *options: str | Path) -> Run:
+    r = cli("plan", image.boot, "--blobs-dir", image.blobs, "-o", image.plan, *options)
+    assert r.rc == 0, r.err
+    return r
+
+
+def file_hashes(directory: Path, pattern: str = "*") -> dict[str, str]:
+    """name -> sha256 of every regular file matching ``pattern`` (hidden ones included)."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.glob(pattern))
+        if p.is_file()
+    }
