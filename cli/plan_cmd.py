@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from backends.config import BackendConfig, load_backend_config, localfs_config, open_backend
-from planner.config import CompactConfig, load_config_file, merge, parse_size
+from planner.config import CompactConfig, load_config_file, merge
 from planner.errors import ConfigError
 from planner.facts import Flags
 from planner.pipeline import PlanInputs, make_plan
@@ -52,15 +52,6 @@ def resolve_backend(
     return localfs_config(blobs_dir)
 
 
-def _size_option(value: str | None, flag: str) -> int | None:
-    if value is None:
-        return None
-    try:
-        return parse_size(value)
-    except ConfigError as exc:
-        raise ConfigError(f"{flag}: {exc}") from None
-
-
 @app.command("plan")
 def plan_command(
     bootstrap: Path = typer.Argument(..., help="Source bootstrap (RAFS v5 or v6)."),
@@ -96,8 +87,8 @@ def plan_command(
         cfg,
         {
             "min_used_ratio": min_used_ratio,
-            "compact_blob_size": _size_option(compact_blob_size, "--compact-blob-size"),
-            "max_compact_size": _size_option(max_compact_size, "--max-compact-size"),
+            "compact_blob_size": compact_blob_size,  # merge() parses sizes and names the flag
+            "max_compact_size": max_compact_size,
             "layers_to_compact": layers_to_compact,
         },
     )

@@ -31,6 +31,7 @@ from .plan import Group, InputFile, InputImage, Plan, SourceBlob, Summary
 from .policy import Decisions, decide
 
 EXPLICIT_UID_GID = 0x10
+I3_NOOP_REASON = "no changes"  # planner.policy.decide
 
 
 @dataclass
@@ -230,7 +231,8 @@ def _describe(
     new_table = [e.blob_id if e.blob_id is not None else f"new:g{e.group}" for e in result.table]
     changes = not (result.identical and inputs.flags.i3_report_no_changes) and result.noop_reason is None
     noop_reason = result.noop_reason or decisions.noop_reason
-    if not changes and noop_reason is None:
+    # The policy's I3 verdict is a bare "no changes"; the summary line already says that much.
+    if not changes and noop_reason in (None, I3_NOOP_REASON):
         noop_reason = "the compacted image would equal the source"
     size_of = {b.blob_id: sizes.get(b.blob_id, b.compressed_size) for b in blobs}
     findings = [

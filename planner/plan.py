@@ -87,15 +87,22 @@ class Summary:
     occurrences_remapped: int
 
 
+# Scalars only (and lists of strings): a plan file is untrusted input, and a free-form value
+# could hold a YAML alias bomb that only explodes when the plan is hashed.
+FlagValue = bool | int | str | None
+ConfigValue = int | str | None
+BackendValue = bool | int | str | list[str]
+
+
 @dataclass
 class Plan:
     tool_version: str
-    flags: dict[str, object]
+    flags: dict[str, FlagValue]
     images: list[InputImage]
     chunk_dict: InputFile | None
-    config: dict[str, object]
+    config: dict[str, ConfigValue]
     config_sha256: str
-    backend: dict[str, object]
+    backend: dict[str, BackendValue]
     summary: Summary
     blobs: list[SourceBlob]
     groups: list[Group]

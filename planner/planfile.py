@@ -42,15 +42,19 @@ def explain_blob(b: SourceBlob) -> str:
     used = f"uses {human_size(b.used_bytes)}"
     if b.size_for_ratio:
         used += f" of {human_size(b.size_for_ratio)} ({b.ratio}%)"
+    # The source bootstrap may still point into an UNREFERENCED blob: its chunks won elsewhere
+    # (the chunk dict, or an earlier copy), so the new image no longer needs it.
+    unreferenced = "no file references it"
+    if b.referenced_by:
+        unreferenced = "every chunk files use from it is served by another blob"
     text = {
-        "UNREFERENCED": "no file references it",
+        "UNREFERENCED": unreferenced,
         "KEEP": f"kept; {used}",
         "DICT_KEEP": "chunk-dict blob, kept as is",
         "DICT_UNUSED": "chunk-dict blob no file uses, dropped",
         "REBUILD_RATIO": f"{used}, below the threshold: rebuilt",
         "MERGE_TARGET": f"merge target of {b.group}; {used}",
         "MERGED_INTO": f"merged into {b.group}; {used}",
-        "REDIRECTED": "every chunk it held is now served by another blob",
     }.get(b.reason, b.reason)
     return f"{b.decision}: {text}"
 
@@ -104,6 +108,8 @@ def load_plan(path: Path) -> tuple[Plan, str | None]:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise PlanFileError(f"{path}: not valid YAML{where}: {problem}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise PlanFileError(f"{path}: not a plan: collections nested too deeply") from None
     return plan_from_data(raw, str(path))
 
 
@@ -129,10 +135,7 @@ def _convert(tp: object, value: object, key: str, source: str) -> object:
     """Check ``value`` against the annotation ``tp`` and build dataclasses; errors carry the key path."""
 
     def fail(expected: str) -> typing.NoReturn:
-        shown = json.dumps(value, default=str)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
-        raise PlanFileError(f"{source}: {key or '<top>'}: expected {expected}, got {shown}")
+        raise PlanFileError(f"{source}: {key or '<top>'}: expected {expected}, got {_preview(value)}")
 
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -140,7 +143,15 @@ def _convert(tp: object, value: object, key: str, source: str) -> object:
         if value is None and type(None) in options:
             return None
         real = [o for o in options if o is not type(None)]
-        return _convert(real[0], value, key, source) if len(real) == 1 else fail(str(tp))
+        if len(real) == 1:
+            return _convert(real[0], value, key, source)
+        for option in real:
+            try:
+                return _convert(option, value, key, source)
+            except PlanFileError:
+                continue
+        nullable = " or null" if len(real) < len(options) else ""
+        fail(" or ".join(_EXPECTED[typing.get_origin(o) or o] for o in real) + nullable)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             fail(f"a mapping ({tp.__name__})")
@@ -175,15 +186,30 @@ def _convert(tp: object, value: object, key: str, source: str) -> object:
             _convert(kt, k, f"{key}.{k}", source): _convert(vt, v, _join(key, str(k)), source)
             for k, v in value.items()
         }
-    if tp is object:
-        return value
     if tp is bool:
-        return value if isinstance(value, bool) else fail("true or false")
+        return value if isinstance(value, bool) else fail(_EXPECTED[bool])
     if tp is int:
-        return value if isinstance(value, int) and not isinstance(value, bool) else fail("an integer")
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail(_EXPECTED[int])
     if tp is str:
-        return value if isinstance(value, str) else fail("a string")
+        return value if isinstance(value, str) else fail(_EXPECTED[str])
     raise AssertionError(f"unsupported annotation {tp!r}")
+
+
+_EXPECTED = {bool: "true or false", int: "an integer", str: "a string", list: "a list"}
+
+
+def _preview(value: object, limit: int = 60) -> str:
+    """The start of ``value`` as JSON. Encoding is lazy, so a YAML alias bomb or a self-referencing
+    list costs no more than the characters shown."""
+    shown = ""
+    try:
+        for part in json.JSONEncoder(default=str).iterencode(value):
+            shown += part
+            if len(shown) > limit:
+                return shown[: limit - 3] + "..."
+    except ValueError:  # a circular reference
+        return shown + "..."
+    return shown
 
 
 def _join(key: str, name: str) -> str:
