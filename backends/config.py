@@ -128,4 +128,47 @@ def open_backend(cfg: BackendConfig):
             alt_dirs=cfg.config.get("alt_dirs", []),
             blob_file=cfg.config.get("blob_file") or None,
         )
+    if cfg.type == "registry":
+        return _open_registry(cfg)
     raise BackendError(f"{cfg.source}: backend type {cfg.type!r} is not supported yet")
+
+
+def _open_registry(cfg: BackendConfig):
+    from .registry import RegistryBackend
+
+    c, src = cfg.config, cfg.source
+    proxy = _field(c, "proxy", dict, {}, src)
+    proxy_url = _field(proxy, "url", str, "", f"{src}: proxy")
+    if _field(c, "mirrors", list, [], src):
+        raise BackendError(f"{src}: registry mirrors are not supported")
+    if proxy.get("use_http"):
+        raise BackendError(f"{src}: proxy.use_http is not supported")
+    return RegistryBackend(
+        _field(c, "scheme", str, "https", src),
+        _field(c, "host", str, "", src),
+        _field(c, "repo", str, "", src),
+        auth=_field(c, "auth", str, "", src) or None,
+        registry_token=_field(c, "registry_token", str, "", src) or None,
+        skip_verify=_field(c, "skip_verify", bool, False, src),
+        timeout=_field(c, "timeout", (int, float), 5, src),
+        connect_timeout=_field(c, "connect_timeout", (int, float), 5, src),
+        retry_limit=_field(c, "retry_limit", int, 0, src),
+        proxy=proxy_url or None,
+        blob_url_scheme=_field(c, "blob_url_scheme", str, "", src),
+        blob_redirected_host=_field(c, "blob_redirected_host", str, "", src),
+    )
+
+
+def _field(cfg: dict, key: str, kind: type | tuple[type, ...], default, source: str):  # type: ignore[no-untyped-def]
+    """``cfg[key]`` if of the expected JSON type, ``default`` if absent or null.
+
+    Errors never echo the value: it may be a secret.
+    """
+    value = cfg.get(key)
+    if value is None:
+        return default
+    # bool is an int in Python, but `"timeout": true` is a config mistake.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise BackendError(f"{source}: `{key}` must be of type {names}")
+    return value
