@@ -1,0 +1,143 @@
+"""`compact report`, `compact explain` and `compact demo`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from planner.planfile import load_plan
+from reports.demo import run_demo
+from reports.errors import ReportError
+from reports.explain import explain, render_explanation
+from reports.render import FORMATS, render_report
+from reports.views import PlanView, Report, RunView, plan_view, plan_view_from_store, run_view, select_run
+from safeio import atomic_write_text
+from store.db import Store, open_store
+
+from .app import EXIT_ERROR, EXIT_OK, app
+from .plan_cmd import default_state
+
+DEFAULT_PLAN = Path("plan.yaml")
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """ReportError ends the command like every other user error: one line on stderr, exit 1."""
+    try:
+        yield
+    except ReportError as exc:
+        print(f"compact: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+@contextmanager
+def _plan_and_run(
+    plan_file: Path | None, state: Path | None, run_id: int | None
+) -> Iterator[tuple[PlanView | None, RunView | None, Store | None]]:
+    """The plan (from its file, else from the state's latest or chosen run) and that plan's run.
+
+    The store stays open for the caller; it is None when a plan file has no store beside it.
+    """
+    if plan_file is None:
+        if state is None:
+            raise ReportError("nothing to report on: give a plan file or --state PATH")
+        with open_store(state, create=False) as store:
+            run = select_run(store, None, run_id)
+            if run is None:
+                raise ReportError(f"{state}: no apply run recorded; give the plan file to report on a plan")
+            view = plan_view_from_store(store, run.plan_digest)
+            yield view, run_view(store, run, view), store
+        return
+    plan, recorded = load_plan(plan_file)
+    view = plan_view(plan, f"plan file {plan_file}", recorded)
+    store_path = state or default_state(plan_file)
+    if state is None and not store_path.exists():
+        if run_id is not None:
+            raise ReportError(f"{store_path}: no state store next to the plan; pass --state PATH")
+        yield view, None, None
+        return
+    with open_store(store_path, create=False) as store:
+        run = select_run(store, plan.digest, run_id)
+        yield view, run_view(store, run, view) if run is not None else None, store
+
+
+@app.command("report")
+def report_command(
+    plan_file: Path | None = typer.Argument(None, help="Plan written by `compact plan`; omit to report a run from --state."),
+    state: Path | None = typer.Option(None, "--state", help="SQLite state store [default: PLAN.state.sqlite next to the plan]."),
+    run_id: int | None = typer.Option(None, "--run", min=1, help="Apply run to report [default: the plan's latest run]."),
+    fmt: str | None = typer.Option(None, "--format", "-f", help="md or html [default: from the -o suffix, else md]."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the report here (atomically) instead of stdout."),
+) -> int:
+    """Render an audit report of a plan and of its apply run: decisions with reasons and numbers,
+    blob table before and after, merge groups, bytes to read / write / reclaim, and every apply
+    step with times, throughput, resulting blobs, sha256s, verification and resumes.
+
+    Example:
+
+        compact report plan.yaml --format html -o report.html
+        compact report --state plan.state.sqlite --run 2
+    """
+    if fmt is None:
+        fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "md"
+    with one_line_errors():
+        if fmt not in FORMATS:
+            raise ReportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        with _plan_and_run(plan_file, state, run_id) as (view, run, _):
+            text = render_report(Report(view, run), fmt)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        atomic_write_text(output, text)
+        typer.echo(f"report written to {output}", err=True)
+    return EXIT_OK
+
+
+@app.command("explain")
+def explain_command(
+    blob_id: str = typer.Argument(..., help="Blob id, or a unique prefix of at least 8 characters."),
+    plan_file: Path | None = typer.Option(None, "--plan", help="Plan file [default: ./plan.yaml if there is no --state]."),
+    state: Path | None = typer.Option(None, "--state", help="State store; alone, explains the plan of its latest apply run."),
+    top: int = typer.Option(10, "--top", min=1, help="How many referencing files to list."),
+) -> int:
+    """Why a blob is kept, rebuilt, merged or deleted, with the numbers behind the decision,
+    and which files reference its chunks (largest first).
+
+    Example:
+
+        compact explain 89db322f --plan plan.yaml --top 5
+    """
+    with one_line_errors():
+        if plan_file is None and state is None:
+            if not DEFAULT_PLAN.is_file():
+                raise ReportError(f"no ./{DEFAULT_PLAN} here: give --plan PLAN.yaml or --state PATH")
+            plan_file = DEFAULT_PLAN
+    with one_line_errors(), _plan_and_run(plan_file, state, None) as (view, run, store):
+        if view is None:
+            raise ReportError(f"{state}: the plan of the latest apply run is not recorded; pass --plan PLAN.yaml")
+        typer.echo(render_explanation(explain(view, blob_id, store, top, run)))
+    return EXIT_OK
+
+
+@app.command("demo")
+def demo_command(
+    directory: Path = typer.Argument(..., help="Empty (or new) directory to write everything into."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty directory."),
+) -> int:
+    """Build the bundled multi-layer sample image (RAFS v6, 64 KiB chunks), plan a compaction that
+    keeps, rebuilds, merges and deletes blobs, apply it, verify the new image, and write the plan,
+    the apply JSON and report.md / report.html into DIRECTORY. Prints where everything went.
+
+    Example:
+
+        compact demo /tmp/compact-demo
+    """
+    with one_line_errors():
+        result = run_demo(directory, force=force)
+    for line in result.lines():
+        typer.echo(line)
+    return EXIT_OK if result.verified.ok else EXIT_ERROR
