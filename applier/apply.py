@@ -196,6 +196,7 @@ def apply_plan(
         run = start_run(store, digest, outputs=outputs, inputs=inputs)
         try:
             written = _write_blobs(plan, result, sources, backend, opts, store, run.id, digest, src, progress)
+            _publish_blobs(backend, result, written, store, run.id)
             new_bs = _new_bootstrap(src, result, written, infos)
             data = v5.dump(new_bs) if new_bs.version == 5 else v6.dump(new_bs)
             boot_sha = hashlib.sha256(data).hexdigest()
@@ -306,6 +307,30 @@ def _write_blobs(
         # After a failure, groups not yet started are not copied for nothing.
         pool.shutdown(wait=True, cancel_futures=True)
     return written
+
+
+def _publish_blobs(
+    backend: BlobBackend, result: Layout, written: dict[int, WrittenBlob], store: Store, run_id: int
+) -> None:
+    """Upload new blobs to a backend that serves them (a registry); checkpointed per group."""
+    done = completed_steps(store, run_id)
+    for nb in result.new_blobs:
+        key = f"upload:g{nb.group}"
+        wb = written[nb.group]
+        step = done.get(key)
+        if step is not None and step.blob_id == wb.info.blob_id:
+            continue
+        record_step(store, run_id, key, STEP_RUNNING, blob_id=wb.info.blob_id)
+        uploaded = backend.upload_blob(wb.info.blob_id, wb.path)
+        if uploaded is None:
+            record_step(store, run_id, key, STEP_SKIPPED, blob_id=wb.info.blob_id, detail="backend takes no uploads")
+            continue
+        fault_point(f"upload-done:g{nb.group}")
+        record_step(
+            store, run_id, key, STEP_DONE if uploaded else STEP_SKIPPED, bytes=wb.info.compressed_size if uploaded else 0,
+            blob_id=wb.info.blob_id, size=wb.info.compressed_size, sha256=wb.sha256,
+            detail="uploaded" if uploaded else "already present in the backend",
+        )
 
 
 def _info_detail(info: BlobInfo) -> str:

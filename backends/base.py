@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import BackendError
@@ -71,6 +72,14 @@ class BlobBackend(ABC):
 
     def close(self) -> None:
         """Release open files and connections. The backend may not be used afterwards."""
+
+    def upload_blob(self, blob_id: str, path: Path) -> bool | None:
+        """Publish a finished blob file where this backend serves blobs from.
+
+        True: uploaded; False: the backend already had it; None: this backend takes no uploads
+        (a local blobs dir is itself the destination of apply).
+        """
+        return None
 
     def read_ranges(self, blob_id: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each (offset, size) range, in the order given, read with coalescing."""
