@@ -17,7 +17,7 @@ from pathlib import Path
 
 from backends.base import BlobBackend
 from backends.config import BackendConfig
-from backends.errors import BackendError
+from backends.errors import BlobNotFoundError
 from planner import __version__
 from planner.config import CompactConfig, canonical_json
 from planner.errors import ChunkLostError, PlanError
@@ -115,7 +115,7 @@ def stale_reasons(plan: Plan, backend: BlobBackend, backend_config: BackendConfi
             continue
         try:
             now = backend.blob_size(b.blob_id)
-        except BackendError:
+        except BlobNotFoundError:  # an unreachable or refusing backend is an error, not staleness
             reasons.append(f"blob {b.blob_id} is gone from the backend")
             continue
         if now != b.observed_size:
@@ -313,6 +313,8 @@ def _publish_blobs(
     backend: BlobBackend, result: Layout, written: dict[int, WrittenBlob], store: Store, run_id: int
 ) -> None:
     """Upload new blobs to a backend that serves them (a registry); checkpointed per group."""
+    if not backend.accepts_uploads:
+        return
     done = completed_steps(store, run_id)
     for nb in result.new_blobs:
         key = f"upload:g{nb.group}"
@@ -322,9 +324,6 @@ def _publish_blobs(
             continue
         record_step(store, run_id, key, STEP_RUNNING, blob_id=wb.info.blob_id)
         uploaded = backend.upload_blob(wb.info.blob_id, wb.path)
-        if uploaded is None:
-            record_step(store, run_id, key, STEP_SKIPPED, blob_id=wb.info.blob_id, detail="backend takes no uploads")
-            continue
         fault_point(f"upload-done:g{nb.group}")
         record_step(
             store, run_id, key, STEP_DONE if uploaded else STEP_SKIPPED, bytes=wb.info.compressed_size if uploaded else 0,

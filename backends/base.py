@@ -57,6 +57,8 @@ class BlobBackend(ABC):
     # Coalescing policy of ``read_ranges``; remote backends raise max_gap to save round trips.
     max_gap: int = 0
     max_read: int = DEFAULT_MAX_READ
+    # Local backends take no uploads: apply's blobs dir is itself the destination.
+    accepts_uploads: bool = False
 
     @abstractmethod
     def blob_size(self, blob_id: str) -> int:
@@ -73,13 +75,10 @@ class BlobBackend(ABC):
     def close(self) -> None:
         """Release open files and connections. The backend may not be used afterwards."""
 
-    def upload_blob(self, blob_id: str, path: Path) -> bool | None:
-        """Publish a finished blob file where this backend serves blobs from.
-
-        True: uploaded; False: the backend already had it; None: this backend takes no uploads
-        (a local blobs dir is itself the destination of apply).
-        """
-        return None
+    def upload_blob(self, blob_id: str, path: Path) -> bool:
+        """Publish a finished blob file where this backend serves blobs from (only when
+        ``accepts_uploads``). True: uploaded; False: the backend already had it."""
+        raise BackendError(f"{type(self).__name__} takes no uploads")
 
     def read_ranges(self, blob_id: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """The bytes of each (offset, size) range, in the order given, read with coalescing."""

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import httpx
 
 from .base import BlobBackend, short_read_error
-from .errors import BackendError
+from .errors import BackendError, BlobNotFoundError
 
 T = TypeVar("T")
 
@@ -88,6 +88,7 @@ class _Retryable(Exception):
 class RegistryBackend(BlobBackend):
     # Chunks of one blob a few KiB apart go out as one request: a round trip costs more than 64 KiB.
     max_gap = 64 << 10
+    accepts_uploads = True
 
     def __init__(
         self,
@@ -479,8 +480,8 @@ class RegistryBackend(BlobBackend):
         if not isinstance(blob_id, str) or not BLOB_ID.fullmatch(blob_id):
             raise BackendError(f"invalid blob id {blob_id!r}: a registry blob id is 64 lower-case hex digits")
 
-    def _not_found(self, blob_id: str) -> BackendError:
-        return BackendError(f"blob {blob_id} not found in registry {self._where()}")
+    def _not_found(self, blob_id: str) -> BlobNotFoundError:
+        return BlobNotFoundError(f"blob {blob_id} not found in registry {self._where()}")
 
     def _auth_failed(self, status: int = 401) -> BackendError:
         return BackendError(f"registry {self.host}: authentication failed ({status}) for {self.repo}")

@@ -54,7 +54,9 @@ def resolve_backend(
 
 @app.command("plan")
 def plan_command(
-    bootstrap: Path = typer.Argument(..., help="Source bootstrap (RAFS v5 or v6)."),
+    bootstraps: list[Path] = typer.Argument(
+        ..., help="Source bootstrap (RAFS v5 or v6); several images sharing a blob store give one fleet plan."
+    ),
     blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Directory holding the blobs, named by id."),
     backend_config: Path | None = typer.Option(
         None, "--backend-config", help="nydus backend config (ConfigV2 JSON/TOML, nydusd v1 JSON, or raw + --backend-type)."
@@ -81,6 +83,10 @@ def plan_command(
     Example:
 
         compact plan image.boot --blobs-dir blobs/ --min-used-ratio 5 -o plan.yaml
+
+    Fleet (one plan for images sharing a blob store; apply writes one new bootstrap per image):
+
+        compact plan app-v1.boot app-v2.boot app-v3.boot --blobs-dir blobs/ -o fleet.yaml
     """
     cfg = load_config_file(config) if config is not None else CompactConfig()
     cfg = merge(
@@ -96,7 +102,7 @@ def plan_command(
     flags = Flags(**{**base.describe(), "i1_drop_unused_dict_blobs": drop_unused_dict_blobs,
                      "ratio_u8_wrap": ratio_u8_wrap, "v6_key": v6_key})
     bcfg = resolve_backend(blobs_dir, backend_config, backend_type, cfg)
-    inputs = PlanInputs(bootstrap, parse_chunk_dict(chunk_dict), bcfg, cfg, flags, new_bootstrap)
+    inputs = PlanInputs(bootstraps, parse_chunk_dict(chunk_dict), bcfg, cfg, flags, new_bootstrap)
     with open_backend(bcfg) as backend, open_store(state or default_state(output)) as store:
         outcome = make_plan(inputs, backend, store)
     write_plan(outcome.plan, output)

@@ -25,7 +25,8 @@ from store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, save_plan
 from . import __version__
 from .config import CompactConfig, canonical_json
 from .errors import PlanError
-from .facts import Facts, Flags, facts_from_bootstrap
+from .facts import Facts, Flags
+from .fleet import Union, referenced_bytes, unite
 from .layout import Layout, layout
 from .plan import Group, InputFile, InputImage, Plan, SourceBlob, Summary
 from .policy import Decisions, decide
@@ -36,12 +37,12 @@ I3_NOOP_REASON = "no changes"  # planner.policy.decide
 
 @dataclass
 class PlanInputs:
-    bootstrap: Path
+    bootstraps: list[Path]  # one image, or a fleet sharing a blob store
     chunk_dict: Path | None
     backend_config: BackendConfig
     config: CompactConfig
     flags: Flags
-    output: Path | None = None  # new bootstrap path apply writes; default <bootstrap>.compact
+    output: Path | None = None  # new bootstrap path of a single image; default <bootstrap>.compact
 
 
 @dataclass
@@ -49,8 +50,8 @@ class PlanOutcome:
     plan: Plan
     decisions: Decisions
     layout: Layout
-    source: Bootstrap
-    image_id: int
+    sources: list[Bootstrap]
+    image_ids: list[int]
 
 
 def file_sha256(path: Path) -> str:
@@ -92,50 +93,50 @@ def observe_sizes(backend: BlobBackend, blob_ids: list[str]) -> tuple[dict[str, 
     return sizes, missing
 
 
-def referenced_bytes(facts: Facts) -> np.ndarray:
-    """Per source blob, the compressed bytes of distinct chunk locations some file points at."""
-    ch = facts.chunks
-    n = len(facts.blobs)
-    if len(ch) == 0:
-        return np.zeros(n, dtype=np.int64)
-    # one row per distinct (blob, compressed offset): sort, then keep the first of each run
-    order = np.lexsort((ch["compressed_offset"], ch["blob_index"]))
-    keys = np.stack([ch["blob_index"][order].astype(np.uint64), ch["compressed_offset"][order]], axis=1)
-    starts = np.ones(len(order), dtype=bool)
-    starts[1:] = np.any(keys[1:] != keys[:-1], axis=1)
-    sizes = ch["compressed_size"][order][starts].astype(np.int64)
-    blobs = ch["blob_index"][order][starts]
-    return np.bincount(blobs, weights=sizes, minlength=n).astype(np.int64)
-
-
 def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOutcome:
-    src = load_bootstrap(inputs.bootstrap)
-    src_sha = file_sha256(inputs.bootstrap)
+    paths = inputs.bootstraps
+    if not paths:
+        raise PlanError("no bootstrap given")
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise PlanError("the same bootstrap is given twice")
+    if inputs.output is not None and len(paths) > 1:
+        raise PlanError("-O names the output of one image; a fleet plan writes BOOTSTRAP.compact for each")
+    sources = [load_bootstrap(p) for p in paths]
+    shas = [file_sha256(p) for p in paths]
     dict_bs = dict_file = None
     if inputs.chunk_dict is not None:
         dict_bs = load_bootstrap(inputs.chunk_dict)
-        check_dict_compatible(src, dict_bs, inputs.chunk_dict)
+        check_dict_compatible(sources[0], dict_bs, inputs.chunk_dict)
         dict_file = InputFile(str(inputs.chunk_dict), file_sha256(inputs.chunk_dict), inputs.chunk_dict.stat().st_size)
 
-    all_ids = [b.blob_id for b in src.blobs] + ([b.blob_id for b in dict_bs.blobs] if dict_bs else [])
+    all_ids = [b.blob_id for bs in sources for b in bs.blobs] + ([b.blob_id for b in dict_bs.blobs] if dict_bs else [])
     sizes, missing = observe_sizes(backend, all_ids)
-    image_id = index_bootstrap(
-        store,
-        inputs.bootstrap,
-        src,
-        src_sha,
-        {bid: (size, "backend") for bid, size in sizes.items()},
-    )
-
-    facts = facts_from_bootstrap(src, sizes, dict_bs)
+    union = unite(sources, [str(p) for p in paths], sizes, dict_bs)
+    observed = {bid: (size, "backend") for bid, size in sizes.items()}
+    image_ids = [index_bootstrap(store, p, bs, sha, observed) for p, bs, sha in zip(paths, sources, shas)]
+    facts = union.facts
     decisions = decide(facts, inputs.config, inputs.flags)
     result = layout(facts, decisions)
     _check_readable(decisions, result, missing, sizes, facts)
 
-    output = inputs.output or default_output(inputs.bootstrap)
-    plan = _describe(inputs, src, src_sha, dict_file, facts, decisions, result, sizes, missing, output)
-    _save_recipe(store, plan, image_id, inputs, decisions, result)
-    return PlanOutcome(plan, decisions, result, src, image_id)
+    outputs = [inputs.output or default_output(p) for p in paths]
+    images = [
+        InputImage(
+            path=str(p),
+            sha256=sha,
+            size=p.stat().st_size,
+            rafs_version=bs.version,
+            chunk_size=bs.chunk_size,
+            compressor=bs.compressor.label,
+            digester=bs.digester.label,
+            blob_count=len(bs.blobs),
+            output=str(out),
+        )
+        for p, bs, sha, out in zip(paths, sources, shas, outputs)
+    ]
+    plan = _describe(inputs, images, union, dict_file, decisions, result, sizes, missing)
+    _save_recipe(store, plan, image_ids, inputs, decisions, result)
+    return PlanOutcome(plan, decisions, result, sources, image_ids)
 
 
 def _check_readable(
@@ -166,19 +167,18 @@ def _extended_blobs(facts: Facts) -> list:
 
 def _describe(
     inputs: PlanInputs,
-    src: Bootstrap,
-    src_sha: str,
+    images: list[InputImage],
+    union: Union,
     dict_file: InputFile | None,
-    facts: Facts,
     decisions: Decisions,
     result: Layout,
     sizes: dict[str, int],
     missing: dict[str, str],
-    output: Path,
 ) -> Plan:
+    facts = union.facts
     blobs = _extended_blobs(facts)
     n_source = len(facts.blobs)
-    used = referenced_bytes(facts)
+    used = [referenced_bytes(facts, n_source, start, end) for start, end in union.slices]
     group_name = {g.group: f"g{g.group}" for g in decisions.groups}
     new_index_of_source = {e.source: e.new_index for e in result.table if e.source is not None}
     new_index_of_group = {e.group: e.new_index for e in result.table if e.group is not None}
@@ -211,7 +211,9 @@ def _describe(
                 compressor=blob.compressor.label,
                 digester=blob.digester.label,
                 features=int(blob.features),
-                referenced_by={str(inputs.bootstrap): int(used[i])} if i < n_source and used[i] else {},
+                referenced_by={
+                    im.path: int(u[i]) for im, u in zip(images, used) if i < n_source and u[i]
+                },
             )
         )
 
@@ -252,21 +254,10 @@ def _describe(
         reclaimable_bytes=sum(size_of[bid] for bid in result.deletable) if changes else 0,
         occurrences_remapped=result.occurrences_remapped if changes else 0,
     )
-    image = InputImage(
-        path=str(inputs.bootstrap),
-        sha256=src_sha,
-        size=inputs.bootstrap.stat().st_size,
-        rafs_version=src.version,
-        chunk_size=src.chunk_size,
-        compressor=src.compressor.label,
-        digester=src.digester.label,
-        blob_count=n_source,
-        output=str(output),
-    )
     return Plan(
         tool_version=__version__,
         flags=inputs.flags.describe(),
-        images=[image],
+        images=images,
         chunk_dict=dict_file,
         config=json.loads(canonical_json(inputs.config)),
         config_sha256=hashlib.sha256(canonical_json(inputs.config)).hexdigest(),
@@ -282,7 +273,7 @@ def _describe(
 
 
 def _save_recipe(
-    store: Store, plan: Plan, image_id: int, inputs: PlanInputs, decisions: Decisions, result: Layout
+    store: Store, plan: Plan, image_ids: list[int], inputs: PlanInputs, decisions: Decisions, result: Layout
 ) -> None:
     blob_rows = [
         {
@@ -336,7 +327,7 @@ def _save_recipe(
     save_plan(
         store,
         plan.digest,
-        [image_id],
+        image_ids,
         canonical_json(inputs.config).decode(),
         json.dumps(inputs.flags.describe(), sort_keys=True),
         blob_rows,

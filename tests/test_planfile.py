@@ -46,7 +46,7 @@ def make(root: Path, image: str, name: str, chunk_dict: str | None = None, confi
     """Plan ``root/image`` through the pipeline API and write ``root/name``; returns the plan path."""
     backend_cfg = {"dir": str(root / image / "blobs"), "alt_dirs": [str(root / "dict5/blobs")]}
     inputs = PlanInputs(
-        bootstrap=root / image / "image.boot",
+        bootstraps=[root / image / "image.boot"],
         chunk_dict=root / chunk_dict if chunk_dict else None,
         backend_config=BackendConfig("localfs", backend_cfg, "test"),
         config=merge(CompactConfig(), config or {}),
