@@ -21,7 +21,8 @@ from backends.errors import BlobNotFoundError
 from planner import __version__
 from planner.config import CompactConfig, canonical_json
 from planner.errors import ChunkLostError, PlanError
-from planner.facts import SourceBlob, facts_from_bootstrap
+from planner.facts import SourceBlob
+from planner.fleet import ImageProjection, Union, project, unite
 from planner.layout import Layout, NewBlob, layout
 from planner.plan import Plan
 from planner.review import decisions_from_plan, explain_lost
@@ -56,10 +57,11 @@ Progress = Callable[[str, int, int], None]  # (label, done bytes, total bytes)
 class ApplyOptions:
     plan_path: Path
     blobs_dir: Path  # where new blobs are written
-    output_bootstrap: Path | None = None
+    output_bootstrap: Path | None = None  # single-image plans only
     output_json: Path | None = None
     verify: bool = False
     jobs: int = 1
+    output_dir: Path | None = None  # new bootstraps go here, named after their sources
 
 
 @dataclass
@@ -74,10 +76,12 @@ class ApplyResult:
     plan_digest: str = ""
     run_id: int | None = None
     resumes: int = 0
+    images: list[dict] = field(default_factory=list)  # per image: source, bootstrap, blobs
 
     def output_document(self) -> dict:
-        """The output JSON: upstream-compatible version/bootstrap/blobs, plus what changed."""
-        return {
+        """The output JSON: upstream-compatible version/bootstrap/blobs (of the first image), plus
+        what changed; a fleet plan adds `images` with every image's new bootstrap and blob table."""
+        doc = {
             "version": __version__,
             "bootstrap": str(self.bootstrap) if self.bootstrap else None,
             "blobs": self.blobs,
@@ -86,6 +90,9 @@ class ApplyResult:
             "deletable_blobs": self.deletable_blobs,
             "plan_digest": self.plan_digest,
         }
+        if len(self.images) > 1:
+            doc["images"] = self.images
+        return doc
 
 
 def stale_reasons(plan: Plan, backend: BlobBackend, backend_config: BackendConfig) -> list[str]:
@@ -123,23 +130,36 @@ def stale_reasons(plan: Plan, backend: BlobBackend, backend_config: BackendConfi
     return reasons
 
 
-def prepare(plan: Plan, source_name: str, src: Bootstrap) -> tuple[Layout, list[SourceBlob], list[BlobInfo]]:
-    """Recompute the recipe from the plan's decisions and refuse any that lose a chunk.
+@dataclass
+class Prepared:
+    layout: Layout
+    union: Union
+    sources: list[SourceBlob]  # E as policy facts
+    infos: list[BlobInfo]  # E as blob-table entries: the images' tables united, then dict blobs
+    paths: list[str]  # the source bootstraps, in plan order
 
-    Returns the layout, E as policy facts, and E as blob-table entries (source table, then the
-    chunk-dict blobs it lacks), from which kept entries are copied into the new table.
-    """
+
+def prepare(plan: Plan, source_name: str, images: list[Bootstrap]) -> Prepared:
+    """Recompute the recipe from the plan's decisions and refuse any that lose a chunk."""
     observed = {b.blob_id: b.observed_size for b in plan.blobs if b.observed_size is not None}
     dict_bs = load_bootstrap(plan.chunk_dict.path) if plan.chunk_dict is not None else None
-    facts = facts_from_bootstrap(src, observed, dict_bs)
+    union = unite(images, [im.path for im in plan.images], observed, dict_bs)
+    facts = union.facts
     decisions = decisions_from_plan(plan, source_name)
     try:
         result = layout(facts, decisions)
     except ChunkLostError as exc:
-        raise explain_lost(exc, src, source_name) from None
+        k = next(k for k, (start, end) in enumerate(union.slices) if start <= exc.occurrence < end)
+        local = ChunkLostError(exc.blob_id, exc.occurrence - union.slices[k][0], exc.compressed_offset)
+        raise explain_lost(local, images[k], source_name) from None
     except PlanError as exc:
         raise PlanError(f"{source_name}: rejected: {exc}") from None
-    sources, infos = list(facts.blobs), list(src.blobs)
+    sources = list(facts.blobs)
+    first_seen: dict[str, BlobInfo] = {}
+    for bs in images:
+        for info in bs.blobs:
+            first_seen.setdefault(info.blob_id, info)
+    infos = [first_seen[b.blob_id] for b in sources]
     if dict_bs is not None:
         ids = {b.blob_id for b in sources}
         for fact, info in zip(facts.chunk_dict.blobs, dict_bs.blobs):
@@ -147,7 +167,21 @@ def prepare(plan: Plan, source_name: str, src: Bootstrap) -> tuple[Layout, list[
                 ids.add(fact.blob_id)
                 sources.append(fact)
                 infos.append(info)
-    return result, sources, infos
+    return Prepared(result, union, sources, infos, [im.path for im in plan.images])
+
+
+def output_paths(plan: Plan, opts: ApplyOptions) -> list[Path]:
+    """Where each image's new bootstrap goes: -O (one image), --output-dir, or the plan's choice."""
+    if opts.output_bootstrap is not None:
+        if len(plan.images) != 1:
+            raise ApplyError("-O names one output; this plan has several images: use --output-dir")
+        return [opts.output_bootstrap]
+    if opts.output_dir is None:
+        return [Path(im.output) for im in plan.images]
+    names = [Path(im.path).name for im in plan.images]
+    clash = len(set(names)) != len(names)
+    # Sources with the same file name (a/image.boot, b/image.boot) keep their plan order as a prefix.
+    return [opts.output_dir / (f"{k}-{n}" if clash else n) for k, n in enumerate(names)]
 
 
 def apply_plan(
@@ -163,9 +197,8 @@ def apply_plan(
     digest = plan.digest
     if not plan.images:
         raise ApplyError(f"{source_name}: the plan names no image")
-    image = plan.images[0]
-    out_boot = opts.output_bootstrap or Path(image.output)
-    _check_output_paths(plan, opts, out_boot)
+    out_boots = output_paths(plan, opts)
+    _check_output_paths(plan, opts, out_boots)
 
     reasons = stale_reasons(plan, backend, backend_config)
     if reasons:
@@ -173,41 +206,51 @@ def apply_plan(
     if not plan.summary.changes:
         return ApplyResult("no-changes", f"nothing to do: {plan.summary.noop_reason}", plan_digest=digest)
 
-    src = load_bootstrap(image.path)
-    result, sources, infos = prepare(plan, source_name, src)
-    outputs = {"bootstrap": str(out_boot.resolve()), "blobs_dir": str(opts.blobs_dir.resolve())}
-    inputs = {"bootstrap_sha256": image.sha256}
+    images = [load_bootstrap(im.path) for im in plan.images]
+    prep = prepare(plan, source_name, images)
+    result, sources = prep.layout, prep.sources
+    # A single image keeps the plain step and output names ("bootstrap"); a fleet numbers them.
+    keys = ["bootstrap"] if len(images) == 1 else [f"bootstrap:{k}" for k in range(len(images))]
+    boots = dict(zip(keys, out_boots))
+    outputs = {k: str(p.resolve()) for k, p in boots.items()} | {"blobs_dir": str(opts.blobs_dir.resolve())}
+    inputs = {k.replace("bootstrap", "bootstrap_sha256"): im.sha256 for k, im in zip(keys, plan.images)}
+    if opts.output_dir is not None:
+        opts.output_dir.mkdir(parents=True, exist_ok=True)
     opts.blobs_dir.mkdir(parents=True, exist_ok=True)
     with blobs_dir_lock(opts.blobs_dir):
         tmp = temp_prefix(digest)
         previous = find_run(store, digest)
         if previous is not None and previous.status == RUN_SUCCEEDED and previous.outputs == outputs:
             done = completed_steps(store, previous.id)
-            if not _check_outputs(done, opts.blobs_dir, out_boot):
-                res = _result_from_steps(previous, done, digest, out_boot, result, sources)
+            if not _check_outputs(done, opts.blobs_dir, boots):
+                res = _result_from_steps(previous, done, digest, boots, prep)
                 if opts.output_json is not None:
                     _write_json(opts.output_json, res, tmp, only_if_changed=True)
                 return res
             # Outputs vanished or changed since: redo the run from scratch.
         # A killed run leaves its temp files beside each output, not only in the blobs dir.
-        out_dirs = [opts.blobs_dir, out_boot.parent] + ([opts.output_json.parent] if opts.output_json else [])
+        out_dirs = [opts.blobs_dir, *(p.parent for p in out_boots)] + (
+            [opts.output_json.parent] if opts.output_json else []
+        )
         for directory in dict.fromkeys(d.resolve() for d in out_dirs):
             remove_stale_temps(directory, prefix=tmp)
         run = start_run(store, digest, outputs=outputs, inputs=inputs)
         try:
-            written = _write_blobs(plan, result, sources, backend, opts, store, run.id, digest, src, progress)
+            written = _write_blobs(plan, result, sources, backend, opts, store, run.id, digest, images[0], progress)
             _publish_blobs(backend, result, written, store, run.id)
-            new_bs = _new_bootstrap(src, result, written, infos)
-            data = v5.dump(new_bs) if new_bs.version == 5 else v6.dump(new_bs)
-            boot_sha = hashlib.sha256(data).hexdigest()
             done = completed_steps(store, run.id)
-            step = done.get("bootstrap")
-            if step is None or step.sha256 != boot_sha or not _same_file(out_boot, len(data), boot_sha):
-                record_step(store, run.id, "bootstrap", STEP_RUNNING)
-                _write_bootstrap(out_boot, data, tmp + "bootstrap")
-                fault_point("bootstrap-done")
-                record_step(store, run.id, "bootstrap", STEP_DONE, bytes=len(data), size=len(data), sha256=boot_sha)
-            res = _result(run.id, run.resumes, written, result, sources, digest, out_boot)
+            for k, (key, out_boot) in enumerate(boots.items()):
+                proj = project(prep.union, result, k)
+                new_bs = _new_bootstrap(images[k], proj, written, prep.infos)
+                data = v5.dump(new_bs) if new_bs.version == 5 else v6.dump(new_bs)
+                boot_sha = hashlib.sha256(data).hexdigest()
+                step = done.get(key)
+                if step is None or step.sha256 != boot_sha or not _same_file(out_boot, len(data), boot_sha):
+                    record_step(store, run.id, key, STEP_RUNNING)
+                    _write_bootstrap(out_boot, data, tmp + key.replace(":", "-"))
+                    fault_point("bootstrap-done")
+                    record_step(store, run.id, key, STEP_DONE, bytes=len(data), size=len(data), sha256=boot_sha)
+            res = _result(run.id, run.resumes, written, digest, boots, prep)
             if opts.output_json is not None:
                 doc = _write_json(opts.output_json, res, tmp)
                 record_step(store, run.id, "json", STEP_DONE, size=len(doc), sha256=hashlib.sha256(doc).hexdigest())
@@ -223,12 +266,14 @@ def apply_plan(
     return res
 
 
-def _check_output_paths(plan: Plan, opts: ApplyOptions, out_boot: Path) -> None:
+def _check_output_paths(plan: Plan, opts: ApplyOptions, out_boots: list[Path]) -> None:
     """No output may land on an input or on a blob file name, nor two outputs on one file."""
-    inputs = {"the source bootstrap": Path(plan.images[0].path), "the plan": opts.plan_path}
+    inputs = {f"the source bootstrap {im.path}": Path(im.path) for im in plan.images} | {"the plan": opts.plan_path}
     if plan.chunk_dict is not None:
         inputs["the chunk dict"] = Path(plan.chunk_dict.path)
-    outputs = {"-O": out_boot} | ({"--output-json": opts.output_json} if opts.output_json is not None else {})
+    flag = "-O" if len(out_boots) == 1 else "--output-dir"
+    outputs = {f"{flag} ({p.name})" if len(out_boots) > 1 else flag: p for p in out_boots}
+    outputs |= {"--output-json": opts.output_json} if opts.output_json is not None else {}
     taken: dict[Path, str] = {path.resolve(): what for what, path in inputs.items()}
     blobs_dir = opts.blobs_dir.resolve()
     for flag, path in outputs.items():
@@ -244,13 +289,13 @@ def _same_file(path: Path, size: int, sha: str) -> bool:
     return path.is_file() and path.stat().st_size == size and file_sha256(path) == sha
 
 
-def _check_outputs(done: dict, blobs_dir: Path, out_boot: Path) -> list[str]:
+def _check_outputs(done: dict, blobs_dir: Path, boots: dict[str, Path]) -> list[str]:
     problems = []
     for key, step in done.items():
         if key.startswith("blob:") and not _same_file(blobs_dir / step.blob_id, step.size, step.sha256):
             problems.append(f"{blobs_dir / step.blob_id} is missing or changed")
-        if key == "bootstrap" and not _same_file(out_boot, step.size, step.sha256):
-            problems.append(f"{out_boot} is missing or changed")
+        if key in boots and not _same_file(boots[key], step.size, step.sha256):
+            problems.append(f"{boots[key]} is missing or changed")
     return problems
 
 
@@ -359,11 +404,13 @@ def _info_from_step(nb: NewBlob, step, chunk_size: int, blobs_dir: Path) -> Blob
     )
 
 
-def _new_bootstrap(src: Bootstrap, result: Layout, written: dict[int, WrittenBlob], infos: list[BlobInfo]) -> Bootstrap:
-    """The source tree with relocated chunks and the new blob table; everything else unchanged."""
-    blobs = [written[e.group].info if e.group is not None else infos[e.source] for e in result.table]
+def _new_bootstrap(
+    src: Bootstrap, proj: ImageProjection, written: dict[int, WrittenBlob], infos: list[BlobInfo]
+) -> Bootstrap:
+    """The source tree with relocated chunks and its new blob table; everything else unchanged."""
+    blobs = [written[e.group].info if e.group is not None else infos[e.source] for e in proj.table]
     blobs = [replace(b, chunk_size=src.chunk_size) if src.version == 5 else b for b in blobs]
-    return replace(src, blobs=blobs, chunks=result.chunks)
+    return replace(src, blobs=blobs, chunks=proj.chunks)
 
 
 def _write_json(path: Path, res: ApplyResult, tmp_prefix: str, only_if_changed: bool = False) -> bytes:
@@ -383,8 +430,13 @@ def _write_bootstrap(path: Path, data: bytes, tmp_name: str) -> None:
         fp.write(data[half:])
 
 
-def _result(run_id, resumes, written, result, sources, digest, out_boot) -> ApplyResult:
-    ids = [written[e.group].info.blob_id if e.group is not None else e.blob_id for e in result.table]
+def _result(run_id, resumes, written, digest, boots: dict[str, Path], prep: Prepared) -> ApplyResult:
+    result = prep.layout
+
+    def blob_id(e) -> str:
+        return written[e.group].info.blob_id if e.group is not None else e.blob_id
+
+    ids = [blob_id(e) for e in result.table]
     new = [
         {"group": f"g{e.group}", "blob_id": written[e.group].info.blob_id,
          "size": written[e.group].info.compressed_size, "chunk_count": written[e.group].info.chunk_count}
@@ -392,25 +444,34 @@ def _result(run_id, resumes, written, result, sources, digest, out_boot) -> Appl
         if e.group is not None
     ]
     kept = [e.blob_id for e in result.table if e.group is None]
-    deletable = list(dict.fromkeys(b.blob_id for b in sources if b.blob_id not in ids))
-    return ApplyResult("applied", "", out_boot, ids, new, kept, deletable, digest, run_id, resumes)
+    deletable = list(dict.fromkeys(b.blob_id for b in prep.sources if b.blob_id not in ids))
+    images = [
+        {"source": str(src), "bootstrap": str(out), "blobs": [blob_id(e) for e in project(prep.union, result, k).table]}
+        for k, (src, out) in enumerate(zip(prep.paths, boots.values()))
+    ]
+    first = images[0]
+    return ApplyResult(
+        "applied", "", Path(first["bootstrap"]), first["blobs"], new, kept, deletable, digest, run_id, resumes, images
+    )
 
 
-def _result_from_steps(run, done, digest, out_boot, result, sources) -> ApplyResult:
+def _result_from_steps(run, done, digest, boots: dict[str, Path], prep: Prepared) -> ApplyResult:
     written = {}
-    for nb in result.new_blobs:
+    for nb in prep.layout.new_blobs:
         step = done[f"blob:g{nb.group}"]
         info = BlobInfo(step.blob_id, nb.chunk_count, step.size, 0, 0, nb.compressor, nb.digester, 0)
         written[nb.group] = WrittenBlob(info, Path(step.blob_id), step.sha256, 0, 0, True)
-    res = _result(run.id, run.resumes, written, result, sources, digest, out_boot)
+    res = _result(run.id, run.resumes, written, digest, boots, prep)
     res.status = "already-applied"
-    res.message = f"already applied (run {run.id}); outputs checked: {len(written)} new blobs and {out_boot} are intact"
+    outs = ", ".join(str(p) for p in boots.values())
+    res.message = f"already applied (run {run.id}); outputs checked: {len(written)} new blobs and {outs} are intact"
     return res
 
 
 def _summary(res: ApplyResult) -> str:
     verb = "resumed and applied" if res.status == "resumed" else "applied"
+    where = f"bootstrap {res.bootstrap}" if len(res.images) <= 1 else f"{len(res.images)} bootstraps"
     return (
         f"{verb}: {len(res.new_blobs)} new blobs, {len(res.kept_blobs)} kept, "
-        f"{len(res.deletable_blobs)} deletable; bootstrap {res.bootstrap}"
+        f"{len(res.deletable_blobs)} deletable; {where}"
     )

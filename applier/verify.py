@@ -13,8 +13,12 @@ from backends.base import BlobBackend
 from backends.errors import BackendError
 from rafs.blob import ChunkSource, VerifyStats
 from rafs.model import Bootstrap
+from store.db import Store
+from store.runs import STEP_DONE, STEP_FAILED, record_step
 
 BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")
+# Step key under which a verification of an apply run's output is kept in its audit trail.
+VERIFY_STEP = "verify"
 
 
 @dataclass
@@ -62,4 +66,12 @@ def orphaned_blobs(blobs_dir: Path, keep: list[Bootstrap]) -> list[Path]:
     referenced = {b.blob_id for bs in keep for b in bs.blobs}
     return sorted(
         p for p in blobs_dir.iterdir() if p.is_file() and BLOB_NAME.match(p.name) and p.name not in referenced
+    )
+
+
+def record_verification(store: Store, run_id: int, report: VerifyReport, bootstrap: Path) -> None:
+    """Keep a verification of a run's output in its audit trail (the report's Verification section)."""
+    status = STEP_DONE if report.ok else STEP_FAILED
+    record_step(
+        store, run_id, VERIFY_STEP, status, bytes=report.stats.bytes_read, detail=report.summary(str(bootstrap))
     )

@@ -11,7 +11,8 @@ import typer
 
 from applier.apply import ApplyOptions, apply_plan
 from applier.errors import ApplyError
-from applier.verify import orphaned_blobs, verify_image
+from applier.overlay import NewImageBackend
+from applier.verify import orphaned_blobs, record_verification, verify_image
 from backends.config import FINGERPRINT_KEYS, BackendConfig, load_backend_config, open_backend
 from planner.planfile import human_size, load_plan
 from rafs.loader import load_bootstrap
@@ -55,7 +56,8 @@ def plan_backend(plan_backend: dict, backend_config: Path | None, backend_type: 
 @app.command("apply")
 def apply_command(
     plan_file: Path = typer.Argument(..., help="Plan written by `compact plan` (possibly reviewed and edited)."),
-    output_bootstrap: Path | None = typer.Option(None, "-O", "--output-bootstrap", help="New bootstrap [default: the plan's images[].output]."),
+    output_bootstrap: Path | None = typer.Option(None, "-O", "--output-bootstrap", help="New bootstrap of a single-image plan [default: the plan's images[].output]."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", help="Write each image's new bootstrap here, named after its source (fleet plans)."),
     blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Where new blobs are written [default: the plan's localfs dir]."),
     backend_config: Path | None = typer.Option(None, "--backend-config", help="Backend config for source blobs, when the plan's backend is not localfs."),
     backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw --backend-config."),
@@ -77,20 +79,22 @@ def apply_command(
         if not default:
             raise ApplyError("where should new blobs go? pass --blobs-dir DIR")
         blobs_dir = Path(default)
-    opts = ApplyOptions(plan_file, blobs_dir, output_bootstrap, output_json, verify, jobs)
+    opts = ApplyOptions(plan_file, blobs_dir, output_bootstrap, output_json, verify, jobs, output_dir)
     with open_backend(bcfg) as backend, open_store(state or default_state(plan_file)) as store:
         with progress_bar(sys.stderr.isatty()) as progress:
             result = apply_plan(plan, recorded, opts, backend, bcfg, store, progress)
         typer.echo(result.message)
-        if verify and result.bootstrap is not None:
-            from applier.overlay import NewImageBackend
-
-            new_bs = load_bootstrap(result.bootstrap)
-            report = verify_image(new_bs, NewImageBackend(blobs_dir, backend))
-            typer.echo(report.summary(str(result.bootstrap)))
-            for p in report.problems:
-                typer.echo(f"  {p}", err=True)
-            if not report.ok:
+        if verify and result.run_id is not None:
+            failed = False
+            for image in result.images:
+                new_bs = load_bootstrap(image["bootstrap"])
+                report = verify_image(new_bs, NewImageBackend(blobs_dir, backend))
+                record_verification(store, result.run_id, report, Path(image["bootstrap"]))
+                typer.echo(report.summary(image["bootstrap"]))
+                for p in report.problems:
+                    typer.echo(f"  {p}", err=True)
+                failed |= not report.ok
+            if failed:
                 return EXIT_ERROR
     return EXIT_OK
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from applier.apply import ApplyOptions, ApplyResult, apply_plan
-from applier.verify import VerifyReport, verify_image
+from applier.verify import record_verification, verify_image
 from backends.config import localfs_config, open_backend
 from mkimage.builder import BuildOptions, build_image
 from mkimage.sample import make_sample_layers
@@ -19,11 +19,10 @@ from planner.planfile import human_size, summary_line, write_plan
 from rafs.loader import load_bootstrap
 from safeio import atomic_write_text
 from store.db import Clock, Store, open_store, utc_now
-from store.runs import STEP_DONE, STEP_FAILED, record_step
 
 from .errors import ReportError
 from .render import render_report
-from .views import VERIFY_STEP, Report, plan_view, run_view, select_run
+from .views import Report, plan_view, run_view, select_run
 
 KiB = 1024
 # Chosen so the sample exercises every action: its stale base layer (23% used) is rebuilt, the
@@ -62,14 +61,6 @@ class DemoResult:
             f"deletable  {len(p.deletable)} blobs ({reclaim}) once {self.bootstrap} is retired: "
             f"compact gc --keep {self.new_bootstrap} --blobs-dir {self.blobs_dir}",
         ]
-
-
-def record_verification(store: Store, run_id: int, report: VerifyReport, bootstrap: Path) -> None:
-    """Keep a verification of a run's output in its audit trail (the report's Verification section)."""
-    status = STEP_DONE if report.ok else STEP_FAILED
-    record_step(
-        store, run_id, VERIFY_STEP, status, bytes=report.stats.bytes_read, detail=report.summary(str(bootstrap))
-    )
 
 
 def write_reports(store: Store, plan: Plan, plan_path: Path, out_md: Path, out_html: Path) -> None:

@@ -23,9 +23,7 @@ from store.runs import STEP_COMPLETE, STEP_DONE, STEP_SKIPPED, Run, Step, list_r
 
 from .errors import ReportError
 
-# Key of the step `compact demo` (and any caller of ``record_verification``) records a
-# verification of the new image under; apply itself writes "blob:<grp>", "bootstrap", "json".
-VERIFY_STEP = "verify"
+from applier.verify import VERIFY_STEP
 KEPT_ACTIONS = frozenset({"keep", "dict-keep"})
 
 
