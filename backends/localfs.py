@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import BlobBackend, short_read_error
-from .errors import BackendError
+from .errors import BackendError, BlobNotFoundError
 
 
 def check_blob_id(blob_id: str) -> None:
@@ -63,7 +63,7 @@ class LocalFsBackend(BlobBackend):
                     break
             if entry is None:
                 where = ", ".join(str(p.parent) for p in candidates)
-                raise BackendError(f"blob {blob_id} not found in {where}")
+                raise BlobNotFoundError(f"blob {blob_id} not found in {where}")
         self._fds[key] = entry
         return entry
 

@@ -180,7 +180,7 @@ class RegistryServer:
                 f"auth:\n  token:\n    realm: {self.token_server.realm}\n    service: {SERVICE}\n"
                 f"    issuer: {ISSUER}\n    rootcertbundle: {self.token_server.cert_path}\n"
             )
-        self.port = free_port()
+        self.port = self.port or free_port()  # a restart keeps its address: plans name the host
         config = self.workdir / "config.yml"
         config.write_text(
             "version: 0.1\n"
