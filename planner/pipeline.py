@@ -15,7 +15,7 @@ import numpy as np
 
 from backends.base import BlobBackend
 from backends.config import BackendConfig
-from backends.errors import BackendError
+from backends.errors import BlobNotFoundError
 from rafs.loader import load_bootstrap
 from rafs.model import Bootstrap
 from store.db import Store
@@ -82,13 +82,16 @@ def check_dict_compatible(src: Bootstrap, dict_bs: Bootstrap, dict_path: Path) -
 
 
 def observe_sizes(backend: BlobBackend, blob_ids: list[str]) -> tuple[dict[str, int], dict[str, str]]:
-    """Size of every blob the backend has; blobs it cannot find are returned with the reason."""
+    """Size of every blob the backend has; blobs it cannot find are returned with the reason.
+
+    Only "not found" makes a blob missing: a refusing or unreachable backend is an error.
+    """
     sizes: dict[str, int] = {}
     missing: dict[str, str] = {}
     for blob_id in dict.fromkeys(blob_ids):
         try:
             sizes[blob_id] = backend.blob_size(blob_id)
-        except BackendError as exc:
+        except BlobNotFoundError as exc:
             missing[blob_id] = str(exc)
     return sizes, missing
 

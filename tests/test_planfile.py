@@ -195,7 +195,7 @@ def test_edit_that_loses_a_chunk_is_rejected_naming_blob_and_file(root: Path, v5
     plan, _ = plan_from_data(raw, "edited.yaml")
     src = load_bootstrap(plan.images[0].path)
     with pytest.raises(PlanFileError) as err:
-        prepare(plan, "edited.yaml", src)
+        prepare(plan, "edited.yaml", [src])
     message = str(err.value)
     assert message.startswith(f"edited.yaml: rejected: blob {kept['blob_id']} would be gone, but /bin/app needs")
 
@@ -204,7 +204,7 @@ def test_edit_that_keeps_more_is_accepted(root: Path, v5_plan: Path) -> None:
     raw = yaml.safe_load(v5_plan.read_text())
     raw["blobs"][2]["decision"] = "keep"  # keeping an unreferenced blob loses nothing
     plan, _ = plan_from_data(raw, "edited.yaml")
-    result, _, _ = prepare(plan, "edited.yaml", load_bootstrap(plan.images[0].path))
+    result = prepare(plan, "edited.yaml", [load_bootstrap(plan.images[0].path)]).layout
     assert [e.blob_id for e in result.table] == [raw["blobs"][1]["blob_id"], raw["blobs"][2]["blob_id"], None]
 
 
