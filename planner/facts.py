@@ -64,6 +64,15 @@ class DictFacts:
     chunks: np.ndarray
     digester: Digester | None = None
 
+    @classmethod
+    def from_bootstrap(cls, boot: Bootstrap, observed_sizes: Mapping[str, int] | None = None) -> "DictFacts":
+        observed = observed_sizes or {}
+        return cls(
+            blobs=[SourceBlob.from_blob_info(b, observed.get(b.blob_id)) for b in boot.blobs],
+            chunks=boot.chunks,
+            digester=boot.digester,
+        )
+
     def __post_init__(self) -> None:
         _check_chunks(self.chunks, "chunk dict")
 
@@ -86,32 +95,6 @@ class Facts:
 def _check_chunks(chunks: np.ndarray, what: str) -> None:
     if not isinstance(chunks, np.ndarray) or chunks.dtype != CHUNK_DTYPE or chunks.ndim != 1:
         raise PlanError(f"{what}: chunk records must be a 1-d CHUNK_DTYPE array")
-
-
-def facts_from_bootstrap(
-    boot: Bootstrap,
-    observed_sizes: Mapping[str, int] | None = None,
-    chunk_dict: Bootstrap | None = None,
-) -> Facts:
-    """Facts of a parsed source bootstrap (and optional dict bootstrap).
-
-    ``observed_sizes`` maps blob ids to the size the backend reported; the policy only needs it
-    for blobs whose table ``compressed_size`` is 0.
-    """
-    observed = observed_sizes or {}
-    dict_facts = None
-    if chunk_dict is not None:
-        dict_facts = DictFacts(
-            blobs=[SourceBlob.from_blob_info(b, observed.get(b.blob_id)) for b in chunk_dict.blobs],
-            chunks=chunk_dict.chunks,
-            digester=chunk_dict.digester,
-        )
-    return Facts(
-        version=boot.version,
-        blobs=[SourceBlob.from_blob_info(b, observed.get(b.blob_id)) for b in boot.blobs],
-        chunks=boot.chunks,
-        chunk_dict=dict_facts,
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -72,13 +72,7 @@ def unite(
         maps.append(local)
         slices.append((start, start + len(chunks)))
         start += len(chunks)
-    dict_facts = None
-    if chunk_dict is not None:
-        dict_facts = DictFacts(
-            blobs=[SourceBlob.from_blob_info(b, observed.get(b.blob_id)) for b in chunk_dict.blobs],
-            chunks=chunk_dict.chunks,
-            digester=chunk_dict.digester,
-        )
+    dict_facts = DictFacts.from_bootstrap(chunk_dict, observed) if chunk_dict is not None else None
     facts = Facts(version=first.version, blobs=blobs, chunks=np.concatenate(parts), chunk_dict=dict_facts)
     return Union(facts, slices, maps)
 

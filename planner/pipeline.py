@@ -303,30 +303,8 @@ def _save_recipe(
         }
         for nb in result.new_blobs
     ]
-    chunk_parts, range_parts = [], []
-    for nb in result.new_blobs:
-        r = nb.chunks
-        rows = np.zeros(len(r), dtype=NEW_BLOB_CHUNK_DTYPE)
-        rows["grp"] = nb.group
-        rows["seq"] = r["index"]
-        rows["src_e_index"] = r["source"]
-        rows["src_offset"] = r["source_offset"]
-        rows["compressed_size"] = r["compressed_size"]
-        rows["uncompressed_size"] = r["uncompressed_size"]
-        rows["new_coff"] = r["compressed_offset"]
-        rows["new_uoff"] = r["uncompressed_offset"]
-        rows["block_id"] = r["digest"]
-        rows["flags"] = r["flags"]
-        chunk_parts.append(rows)
-        reads = nb.reads
-        rr = np.zeros(len(reads), dtype=READ_RANGE_DTYPE)
-        rr["grp"] = nb.group
-        rr["src_e_index"] = reads["source"]
-        rr["offset"] = reads["offset"]
-        rr["size"] = reads["length"]
-        rr["first_seq"] = reads["first"]
-        rr["n_chunks"] = reads["count"]
-        range_parts.append(rr)
+    chunk_parts = [_columns(nb.group, nb.chunks, NEW_BLOB_CHUNK_DTYPE, _RECIPE_COLUMNS) for nb in result.new_blobs]
+    range_parts = [_columns(nb.group, nb.reads, READ_RANGE_DTYPE, _READ_COLUMNS) for nb in result.new_blobs]
     save_plan(
         store,
         plan.digest,
@@ -339,3 +317,26 @@ def _save_recipe(
         np.concatenate(range_parts) if range_parts else np.zeros(0, dtype=READ_RANGE_DTYPE),
     )
 
+
+
+# store column <- layout field, for the recipe rows the store keeps
+_RECIPE_COLUMNS = {
+    "seq": "index",
+    "src_e_index": "source",
+    "src_offset": "source_offset",
+    "compressed_size": "compressed_size",
+    "uncompressed_size": "uncompressed_size",
+    "new_coff": "compressed_offset",
+    "new_uoff": "uncompressed_offset",
+    "block_id": "digest",
+    "flags": "flags",
+}
+_READ_COLUMNS = {"src_e_index": "source", "offset": "offset", "size": "length", "first_seq": "first", "n_chunks": "count"}
+
+
+def _columns(group: int, src: np.ndarray, dtype: np.dtype, mapping: dict[str, str]) -> np.ndarray:
+    rows = np.zeros(len(src), dtype=dtype)
+    rows["grp"] = group
+    for column, field in mapping.items():
+        rows[column] = src[field]
+    return rows

@@ -11,7 +11,8 @@ import pytest
 
 from planner.config import CompactConfig
 from planner.errors import PlanError
-from planner.facts import DictFacts, Facts, Flags, SourceBlob, facts_from_bootstrap
+from planner.facts import DictFacts, Facts, Flags, SourceBlob
+from planner.fleet import unite
 from planner.layout import Layout, layout
 from planner.policy import Candidate, Decisions, MergeGroup, decide
 from rafs.compression import Compressor
@@ -582,7 +583,7 @@ def test_one_million_occurrences_over_200_blobs() -> None:
 def _fixture_facts() -> Facts:
     v5 = pytest.importorskip("rafs.v5")
     path = FIXTURES / "sha256-nocompress-repeatable"
-    return facts_from_bootstrap(v5.load(path.read_bytes(), str(path)))
+    return unite([v5.load(path.read_bytes(), str(path))], [str(path)]).facts
 
 
 def test_e6_fixture_rows() -> None:
