@@ -12,7 +12,7 @@ import typer
 from planner.planfile import load_plan
 from reports.demo import run_demo
 from reports.errors import ReportError
-from reports.explain import explain, render_explanation
+from reports.explain import explain, plan_images, recorded_images, render_explanation
 from reports.render import FORMATS, render_report
 from reports.views import PlanView, Report, RunView, plan_view, plan_view_from_store, run_view, select_run
 from safeio import atomic_write_text
@@ -105,7 +105,8 @@ def explain_command(
     top: int = typer.Option(10, "--top", min=1, help="How many referencing files to list."),
 ) -> int:
     """Why a blob is kept, rebuilt, merged or deleted, with the numbers behind the decision,
-    and which files reference its chunks (largest first).
+    and which files reference its chunks (largest first). For a fleet plan: which images use it,
+    how many bytes each, and each image's files.
 
     Example:
 
@@ -119,7 +120,9 @@ def explain_command(
     with one_line_errors(), _plan_and_run(plan_file, state, None) as (view, run, store):
         if view is None:
             raise ReportError(f"{state}: the plan of the latest apply run is not recorded; pass --plan PLAN.yaml")
-        typer.echo(render_explanation(explain(view, blob_id, store, top, run)))
+        # A fleet plan is answered per image: from the plan file's referenced_by, else from the store.
+        images = plan_images(load_plan(plan_file)[0]) if plan_file is not None else recorded_images(store, view.digest)
+        typer.echo(render_explanation(explain(view, blob_id, store, top, run, images)))
     return EXIT_OK
 
 

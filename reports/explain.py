@@ -1,17 +1,41 @@
-"""`compact explain`: why one blob is kept, rebuilt, merged or deleted, and which files hold it."""
+"""`compact explain`: why one blob is kept, rebuilt, merged or deleted, and which files hold it.
+
+For a fleet plan (several images sharing a blob store) the files are answered per image: which
+images use the blob, how many bytes each (the plan's ``referenced_by``), and each one's top files.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from planner.plan import Plan
 from planner.planfile import human_size
 from store.db import Store
-from store.index import find_image, load_blobs, nodes_referencing
+from store.index import find_image, load_blobs, load_image, nodes_referencing
+from store.plans import load_plan_recipe
 
 from .errors import ReportError
 from .views import KEPT_ACTIONS, BlobRow, PlanView, RunView
 
 MIN_PREFIX = 8
+
+
+@dataclass(frozen=True)
+class PlanImage:
+    """A source image of a plan and the compressed bytes it uses per blob id (None: not recorded)."""
+
+    path: str
+    sha256: str
+    used: dict[str, int] | None
+
+
+@dataclass
+class ImageUse:
+    """How one image of a fleet uses the explained blob."""
+
+    path: str
+    used_bytes: int | None  # None: the plan file is not at hand
+    files: list[tuple[str, int]] | None  # None: the image is not in the content index
 
 
 @dataclass
@@ -21,6 +45,28 @@ class Explanation:
     files: list[tuple[str, int]] | None  # None: no content index to ask
     top: int
     run: RunView | None = None
+    # Fleet plans only: the images that use the blob, in plan order, out of ``fleet_size``.
+    images: list[ImageUse] = field(default_factory=list)
+    fleet_size: int = 1
+
+
+def plan_images(plan: Plan) -> list[PlanImage]:
+    """The plan's images with the bytes each uses of every blob (its ``referenced_by`` columns)."""
+    used: dict[str, dict[str, int]] = {im.path: {} for im in plan.images}
+    for b in plan.blobs:
+        for path, n in b.referenced_by.items():
+            if path in used:
+                used[path][b.blob_id] = n
+    return [PlanImage(im.path, im.sha256, used[im.path]) for im in plan.images]
+
+
+def recorded_images(store: Store, plan_digest: str) -> list[PlanImage]:
+    """The images of a plan recorded in the store (without a plan file: bytes per image unknown)."""
+    recipe = load_plan_recipe(store, plan_digest)
+    if recipe is None:
+        return []
+    rows = [load_image(store, image_id) for image_id in recipe.image_ids]
+    return [PlanImage(row["path"], row["sha256"], None) for row in rows]
 
 
 def find_blob(plan: PlanView, query: str) -> BlobRow:
@@ -48,13 +94,33 @@ def referencing_files(store: Store, image_id: int, blob_id: str, top: int) -> li
     return [(path.decode("utf-8", "backslashreplace"), int(n)) for path, n in nodes_referencing(store, image_id, index, top)]
 
 
-def explain(plan: PlanView, query: str, store: Store | None, top: int, run: RunView | None = None) -> Explanation:
+def _image_files(store: Store | None, sha256: str, blob_id: str, top: int) -> list[tuple[str, int]] | None:
+    image_id = find_image(store, sha256) if store is not None else None
+    return referencing_files(store, image_id, blob_id, top) if image_id is not None else None
+
+
+def explain(
+    plan: PlanView,
+    query: str,
+    store: Store | None,
+    top: int,
+    run: RunView | None = None,
+    images: list[PlanImage] | None = None,
+) -> Explanation:
     """Everything `compact explain` says about the blob ``query`` names; files come from the
-    content index in ``store`` (None, or an image never indexed there: files unknown)."""
+    content index in ``store`` (None, or an image never indexed there: files unknown).
+
+    With several ``images`` (a fleet plan) the files are answered per image that uses the blob."""
     blob = find_blob(plan, query)
-    image_id = find_image(store, plan.image_sha256) if store is not None else None
-    files = referencing_files(store, image_id, blob.blob_id, top) if image_id is not None else None
-    return Explanation(blob, plan, files, top, run)
+    if images is None or len(images) <= 1:
+        return Explanation(blob, plan, _image_files(store, plan.image_sha256, blob.blob_id, top), top, run)
+    uses = []
+    for im in images:
+        used = im.used.get(blob.blob_id, 0) if im.used is not None else None
+        files = _image_files(store, im.sha256, blob.blob_id, top) if used != 0 else []
+        if used or (used is None and files != []):
+            uses.append(ImageUse(im.path, used, files))
+    return Explanation(blob, plan, None, top, run, uses, len(images))
 
 
 def _after(e: Explanation) -> str:
@@ -62,6 +128,8 @@ def _after(e: Explanation) -> str:
     deletable = any(d.blob_id == b.blob_id for d in plan.deletable)
     if b.decision in KEPT_ACTIONS and not deletable:
         where = f" at index {b.new_index}" if b.new_index is not None else ""
+        if e.fleet_size > 1:
+            return f"stays in the new table of the fleet{where}, and in each using image's own table"
         return f"stays in the blob table{where}"
     text = ""
     g = plan.group(b.group) if b.group else None
@@ -84,9 +152,10 @@ def render_explanation(e: Explanation) -> str:
     b, plan, t = e.blob, e.plan, e.plan.thresholds
     origin = "source table" if b.origin == "image" else "chunk dict"
     ratio = f"{b.ratio}%" if b.ratio is not None else "-"
+    where = plan.image_path if e.fleet_size == 1 else f"a fleet of {e.fleet_size} images (their tables united)"
     lines = [
         f"blob {b.blob_id}",
-        f"  index       [{b.index}] of the {origin} of {plan.image_path}",
+        f"  index       [{b.index}] of the {origin} of {where}",
         f"  plan        {plan.digest} ({plan.source})",
         f"  decision    {b.decision} ({b.reason}){' -> ' + b.group if b.group else ''}",
         f"  why         {b.why}",
@@ -95,11 +164,33 @@ def render_explanation(e: Explanation) -> str:
         f"max_compact_size {human_size(t.max_compact_size)}",
         f"  after apply {_after(e)}",
     ]
-    if e.files is None:
+    if e.fleet_size > 1:
+        lines += _render_images(e)
+    elif e.files is None:
         lines.append("files: unknown (no content index in the state store; run `compact plan` to build it)")
     elif not e.files:
         lines.append("files: none of the image's files reference its chunks")
     else:
         lines.append(f"files referencing its chunks (top {e.top} by bytes):")
-        lines += [f"  {human_size(n):>10}  {path}" for path, n in e.files]
+        lines += _render_files(e.files, "  ")
     return "\n".join(lines)
+
+
+def _render_files(files: list[tuple[str, int]], indent: str) -> list[str]:
+    return [f"{indent}{human_size(n):>10}  {path}" for path, n in files]
+
+
+def _render_images(e: Explanation) -> list[str]:
+    if not e.images:
+        return [f"images: none of the {e.fleet_size} images references its chunks"]
+    lines = [f"images using its chunks ({len(e.images)} of {e.fleet_size}; top {e.top} files of each by bytes):"]
+    for im in e.images:
+        if im.used_bytes is None:
+            lines.append(f"  {im.path}: uses its chunks (bytes per image: see the plan file)")
+        else:
+            lines.append(f"  {im.path}: uses {human_size(im.used_bytes)} ({im.used_bytes} bytes)")
+        if im.files is None:
+            lines.append("    files: unknown (the image is not in the content index; run `compact plan` to build it)")
+        else:
+            lines += _render_files(im.files, "    ")
+    return lines

@@ -309,7 +309,8 @@ def plan_view_from_store(store: Store, plan_digest: str) -> PlanView | None:
     if recipe is None or not recipe.image_ids:
         return None
     image = load_image(store, recipe.image_ids[0])
-    n_source = len(load_blobs(store, recipe.image_ids[0]))
+    # E starts with the images' tables united by blob id; chunk-dict blobs follow.
+    n_source = len({b["blob_id"] for image_id in recipe.image_ids for b in load_blobs(store, image_id)})
     try:
         config = json.loads(recipe.config_json)
     except ValueError:
