@@ -107,6 +107,7 @@ class PlanView:
     deletable: list[BlobRow]
     findings: list[str] = field(default_factory=list)
     edited: bool = False  # the plan file's recorded digest differs from its content
+    fleet: list[tuple[str, str]] = field(default_factory=list)  # (source, new bootstrap) of every image of a fleet plan
 
     @property
     def image_blobs(self) -> list[BlobRow]:
@@ -298,6 +299,7 @@ def plan_view(plan: Plan, source: str, recorded_digest: str | None = None) -> Pl
         new_table=table,
         deletable=[by_id[d] for d in plan.deletable if d in by_id],
         findings=list(plan.findings),
+        fleet=[(im.path, im.output) for im in plan.images] if len(plan.images) > 1 else [],
         edited=recorded_digest is not None and recorded_digest != plan.digest,
     )
     return _assemble(view, dict(plan.merge_candidates))
