@@ -16,3 +16,4 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2  # only with --detailed-exitcode
 EXIT_USAGE = 64
+EXIT_INTERNAL = 70  # a bug in nydus-compact (EX_SOFTWARE)

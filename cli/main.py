@@ -18,12 +18,13 @@ from backends.errors import BackendError
 from mkimage.errors import BuildError
 from planner.errors import PlanError
 from rafs.errors import RafsError
+from reports.errors import ReportError
 from store.errors import StoreError
 
 from . import commands  # noqa: F401  (registers the commands on the app)
-from .app import EXIT_ERROR, EXIT_USAGE, app
+from .app import EXIT_ERROR, EXIT_INTERNAL, EXIT_USAGE, app
 
-USER_ERRORS = (RafsError, BackendError, BuildError, PlanError, StoreError, ApplyError, OSError)
+USER_ERRORS = (RafsError, BackendError, BuildError, PlanError, StoreError, ApplyError, ReportError, OSError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("compact: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if debug:
+            traceback.print_exc()
+        print(
+            f"compact: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
     return rv if isinstance(rv, int) else 0
 
 

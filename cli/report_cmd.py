@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,16 +21,6 @@ from .app import EXIT_ERROR, EXIT_OK, app
 from .plan_cmd import default_state
 
 DEFAULT_PLAN = Path("plan.yaml")
-
-
-@contextmanager
-def one_line_errors() -> Iterator[None]:
-    """ReportError ends the command like every other user error: one line on stderr, exit 1."""
-    try:
-        yield
-    except ReportError as exc:
-        print(f"compact: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        raise typer.Exit(EXIT_ERROR) from None
 
 
 @contextmanager
@@ -84,11 +73,10 @@ def report_command(
     """
     if fmt is None:
         fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "md"
-    with one_line_errors():
-        if fmt not in FORMATS:
-            raise ReportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-        with _plan_and_run(plan_file, state, run_id) as (view, run, _):
-            text = render_report(Report(view, run), fmt)
+    if fmt not in FORMATS:
+        raise ReportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    with _plan_and_run(plan_file, state, run_id) as (view, run, _):
+        text = render_report(Report(view, run), fmt)
     if output is None:
         typer.echo(text, nl=False)
     else:
@@ -112,12 +100,11 @@ def explain_command(
 
         compact explain 89db322f --plan plan.yaml --top 5
     """
-    with one_line_errors():
-        if plan_file is None and state is None:
-            if not DEFAULT_PLAN.is_file():
-                raise ReportError(f"no ./{DEFAULT_PLAN} here: give --plan PLAN.yaml or --state PATH")
-            plan_file = DEFAULT_PLAN
-    with one_line_errors(), _plan_and_run(plan_file, state, None) as (view, run, store):
+    if plan_file is None and state is None:
+        if not DEFAULT_PLAN.is_file():
+            raise ReportError(f"no ./{DEFAULT_PLAN} here: give --plan PLAN.yaml or --state PATH")
+        plan_file = DEFAULT_PLAN
+    with _plan_and_run(plan_file, state, None) as (view, run, store):
         if view is None:
             raise ReportError(f"{state}: the plan of the latest apply run is not recorded; pass --plan PLAN.yaml")
         # A fleet plan is answered per image: from the plan file's referenced_by, else from the store.
@@ -139,8 +126,7 @@ def demo_command(
 
         compact demo /tmp/compact-demo
     """
-    with one_line_errors():
-        result = run_demo(directory, force=force)
+    result = run_demo(directory, force=force)
     for line in result.lines():
         typer.echo(line)
     return EXIT_OK if result.verified.ok else EXIT_ERROR

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from applier.apply import ApplyOptions, ApplyResult, apply_plan
-from applier.verify import record_verification, verify_image
+from applier.verify import VerifyReport, record_verification, verify_image
 from backends.config import localfs_config, open_backend
 from mkimage.builder import BuildOptions, build_image
 from mkimage.sample import make_sample_layers
