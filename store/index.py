@@ -1,16 +1,18 @@
 """Indexing a loaded bootstrap into the store, and reading the index back.
 
-Occurrences never become Python objects: distinct chunk records are found with a
-lexsort over 8-byte words of the CHUNK_DTYPE array, and rows are streamed to
-``executemany`` in batches of ``BATCH_ROWS`` tuples built from numpy columns.
+Occurrences never become Python objects: distinct chunk records are found by sorting a
+hash of the 8-byte words of the CHUNK_DTYPE array, distinct chunks and nodes are streamed to
+``executemany`` in batches of ``BATCH_ROWS`` tuples built from numpy columns, and the
+occurrences themselves are stored as numpy arrays in ``refs`` BLOBs.
 
-``file_offset`` is stored per occurrence in ``refs`` (not recomputed as chunk_no ×
-chunk_size) so ``load_occurrences`` returns the loader's array byte for byte, except the
-``reserved`` word, which is not kept and comes back as 0.
+``file_offset`` is stored per occurrence (not recomputed as chunk_no × chunk_size) so
+``load_occurrences`` returns the loader's array byte for byte, except the ``reserved`` word,
+which is not kept and comes back as 0.
 """
 
 from __future__ import annotations
 
+import json
 import stat
 from collections.abc import Iterator
 from dataclasses import fields
@@ -24,7 +26,7 @@ from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
 
 from .db import BATCH_ROWS, Store, column_values, insert_sql, select_sql
 from .errors import StoreError
-from .schema import COLUMNS
+from .schema import COLUMNS, REFS_SEGMENT
 
 # CHUNK_DTYPE as ten little-endian u64 words: 0-3 block_id, 4 blob_index|flags,
 # 5 compressed|uncompressed size, 6 compressed_offset, 7 uncompressed_offset,
@@ -32,18 +34,22 @@ from .schema import COLUMNS
 # but file_offset matches.
 _WORDS = CHUNK_DTYPE.itemsize // 8
 _KEY_WORDS = (0, 1, 2, 3, 4, 5, 6, 7, 9)
+# Odd, so each multiply is a bijection: keys differing in one word never share a hash.
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_REF_DTYPE = np.dtype("<u8")
+_SORT_BLOCK = 1 << 15
 _U64_FIELDS = ("compressed_offset", "uncompressed_offset", "file_offset")
 _I64_MAX = np.iinfo(np.int64).max
 
-_KINDS = (
-    (stat.S_ISDIR, "dir"),
-    (stat.S_ISREG, "reg"),
-    (stat.S_ISLNK, "lnk"),
-    (stat.S_ISCHR, "chr"),
-    (stat.S_ISBLK, "blk"),
-    (stat.S_ISFIFO, "fifo"),
-    (stat.S_ISSOCK, "sock"),
-)
+_KINDS = {
+    stat.S_IFDIR: "dir",
+    stat.S_IFREG: "reg",
+    stat.S_IFLNK: "lnk",
+    stat.S_IFCHR: "chr",
+    stat.S_IFBLK: "blk",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "sock",
+}
 
 _CHUNK_COLUMNS = COLUMNS["chunks"][2:]  # after image_id, chunk_id
 # chunks-table column -> CHUNK_DTYPE field
@@ -51,10 +57,41 @@ _CHUNK_FIELD = {c: ("index" if c == "idx" else c) for c in _CHUNK_COLUMNS}
 
 
 def node_kind(mode: int) -> str:
-    for test, name in _KINDS:
-        if test(mode):
-            return name
-    return "unknown"
+    return _KINDS.get(stat.S_IFMT(mode), "unknown")
+
+
+def _key_hash(words: np.ndarray) -> np.ndarray:
+    h = words[:, _KEY_WORDS[0]].copy()
+    for w in _KEY_WORDS[1:]:
+        h *= _HASH_MULTIPLIER
+        h ^= words[:, w]
+    return h
+
+
+def _group_starts(words: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Where, in ``order``, an occurrence's key differs from the previous one's. Gathering
+    whole rows a block at a time beats nine column gathers and bounds the copy."""
+    starts = np.ones(len(order), dtype=bool)
+    for lo in range(1, len(order), _SORT_BLOCK):
+        rows = words[order[lo - 1 : lo + _SORT_BLOCK]][:, _KEY_WORDS]
+        starts[lo : lo + _SORT_BLOCK] = (rows[1:] != rows[:-1]).any(axis=1)
+    return starts
+
+
+def _sorted_groups(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An order that puts equal keys together, and where each group starts in it.
+
+    One sort of a 64-bit hash instead of a lexsort over nine words. Equal keys hash alike,
+    so the key groups equal the hash runs unless two keys collide; then the exact lexsort
+    decides."""
+    hashes = _key_hash(words)
+    order = np.argsort(hashes)
+    starts = _group_starts(words, order)
+    sorted_hashes = hashes[order]
+    if np.array_equal(starts[1:], sorted_hashes[1:] != sorted_hashes[:-1]):
+        return order, starts
+    order = np.lexsort([words[:, w] for w in _KEY_WORDS])
+    return order, _group_starts(words, order)
 
 
 def dedup_chunks(chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -63,12 +100,7 @@ def dedup_chunks(chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     words = np.ascontiguousarray(chunks, dtype=CHUNK_DTYPE).view("<u8").reshape(n, _WORDS)
-    order = np.lexsort([words[:, w] for w in _KEY_WORDS])
-    starts = np.zeros(n, dtype=bool)
-    starts[0] = True
-    for w in _KEY_WORDS:
-        col = words[order, w]
-        starts[1:] |= col[1:] != col[:-1]
+    order, starts = _sorted_groups(words)
     group_of_sorted = np.cumsum(starts) - 1
     first = np.minimum.reduceat(order, np.flatnonzero(starts))
     # Renumber groups by first appearance so ids do not depend on the sort.
@@ -80,25 +112,37 @@ def dedup_chunks(chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[by_first], chunk_id
 
 
-def _owners(path: Path, nodes: list[Node], n_occ: int) -> tuple[np.ndarray, np.ndarray]:
-    """Owning node position and position within that node for every occurrence (-1 if none).
+def _check_node_ranges(where: Path | str, starts: np.ndarray, counts: np.ndarray, n_occ: int) -> None:
+    if len(starts) and ((starts < 0).any() or (counts < 0).any() or (counts > n_occ - starts).any()):
+        raise StoreError(f"{where}: a node's chunk range lies outside the occurrence array")
 
-    Each name normally has its own range; if ranges overlap (names sharing one range),
-    the lowest node position owns the occurrence."""
-    starts = np.fromiter((nd.chunk_start for nd in nodes), dtype=np.int64, count=len(nodes))
-    counts = np.fromiter((nd.chunk_count for nd in nodes), dtype=np.int64, count=len(nodes))
-    if len(nodes) and ((starts < 0).any() or (counts < 0).any() or (starts + counts > n_occ).any()):
-        raise StoreError(f"{path}: a node's chunk range lies outside the occurrence array")
-    total = int(counts.sum())
-    pos = np.repeat(np.arange(len(nodes), dtype=np.int64), counts)
-    chunk_no = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    occ = np.repeat(starts, counts) + chunk_no
-    owner = np.full(n_occ, -1, dtype=np.int64)
-    owner_no = np.full(n_occ, -1, dtype=np.int64)
-    uniq, first = np.unique(occ, return_index=True)
-    owner[uniq] = pos[first]
-    owner_no[uniq] = chunk_no[first]
-    return owner, owner_no
+
+def _owners(starts: np.ndarray, counts: np.ndarray, n_occ: int) -> np.ndarray:
+    """Owning node (row in ``starts``) of every occurrence, -1 if none; ranges already checked.
+
+    Each name normally has its own range, but hard links share one and a malformed image may
+    overlap ranges arbitrarily: the lowest node owns an occurrence. Expanding every range would
+    cost the sum of their lengths; instead each range is a "min" update on a segment tree over
+    the occurrences (the bottom-up walk, for all ranges at once), then minima are pushed down
+    to the leaves: O((nodes + occurrences) log occurrences) whatever the overlap."""
+    nobody = len(starts)
+    leaves = 1 << max(n_occ - 1, 0).bit_length()
+    tree = np.full(2 * leaves, nobody, dtype=np.int64)
+    node = np.flatnonzero(counts > 0)
+    lo, hi = starts[node] + leaves, starts[node] + counts[node] + leaves
+    while len(node):
+        left, right = (lo & 1) == 1, (hi & 1) == 1
+        np.minimum.at(tree, lo[left], node[left])
+        np.minimum.at(tree, hi[right] - 1, node[right])
+        lo, hi = (lo + left) >> 1, hi >> 1
+        live = lo < hi
+        node, lo, hi = node[live], lo[live], hi[live]
+    for level in range(leaves.bit_length() - 1):
+        first = 1 << level
+        children = tree[2 * first : 4 * first]
+        np.minimum(children, np.repeat(tree[first : 2 * first], 2), out=children)
+    owner = tree[leaves : leaves + n_occ]
+    return np.where(owner == nobody, -1, owner)
 
 
 def _chunk_rows(image_id: int, distinct: np.ndarray) -> Iterator[tuple]:
@@ -108,25 +152,14 @@ def _chunk_rows(image_id: int, distinct: np.ndarray) -> Iterator[tuple]:
         yield from zip(repeat(image_id), range(lo, lo + len(part)), *cols)
 
 
-def _nullable(values: np.ndarray) -> list[int | None]:
-    out = values.tolist()
-    if (values < 0).any():
-        return [None if v < 0 else v for v in out]
-    return out
-
-
-def _ref_rows(
-    image_id: int, owner: np.ndarray, owner_no: np.ndarray, chunk_id: np.ndarray, file_offset: np.ndarray
-) -> Iterator[tuple]:
-    for lo in range(0, len(owner), BATCH_ROWS):
-        hi = lo + BATCH_ROWS
-        yield from zip(
-            repeat(image_id),
-            range(lo, min(hi, len(owner))),
-            _nullable(owner[lo:hi]),
-            _nullable(owner_no[lo:hi]),
-            chunk_id[lo:hi].tolist(),
-            file_offset[lo:hi].tolist(),
+def _ref_rows(image_id: int, chunk_id: np.ndarray, file_offset: np.ndarray) -> Iterator[tuple]:
+    for seg, lo in enumerate(range(0, len(chunk_id), REFS_SEGMENT)):
+        hi = lo + REFS_SEGMENT
+        yield (
+            image_id,
+            seg,
+            chunk_id[lo:hi].astype(_REF_DTYPE).tobytes(),
+            file_offset[lo:hi].astype(_REF_DTYPE).tobytes(),
         )
 
 
@@ -193,8 +226,10 @@ def index_bootstrap(
     for name in _U64_FIELDS:
         if len(chunks) and int(chunks[name].max()) > _I64_MAX:
             raise StoreError(f"{path}: chunk {name} exceeds 2^63-1 and cannot be indexed")
+    starts = np.fromiter((nd.chunk_start for nd in bs.nodes), dtype=np.int64, count=len(bs.nodes))
+    counts = np.fromiter((nd.chunk_count for nd in bs.nodes), dtype=np.int64, count=len(bs.nodes))
+    _check_node_ranges(path, starts, counts, len(chunks))
     first, chunk_id = dedup_chunks(chunks)
-    owner, owner_no = _owners(path, bs.nodes, len(chunks))
     observed = observed_sizes or {}
     display_path = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
@@ -223,9 +258,7 @@ def index_bootstrap(
         )
         store.insert_many("nodes", COLUMNS["nodes"], _node_rows(image_id, bs.nodes))
         store.insert_many("chunks", COLUMNS["chunks"], _chunk_rows(image_id, chunks[first]))
-        store.insert_many(
-            "refs", COLUMNS["refs"], _ref_rows(image_id, owner, owner_no, chunk_id, chunks["file_offset"])
-        )
+        store.insert_many("refs", COLUMNS["refs"], _ref_rows(image_id, chunk_id, chunks["file_offset"]))
     return image_id
 
 
@@ -244,10 +277,54 @@ def load_blobs(store: Store, image_id: int) -> list[dict[str, Any]]:
     )
 
 
+def _distinct_count(store: Store, image_id: int) -> int:
+    return store.fetchall('SELECT COUNT(*) FROM "chunks" WHERE "image_id" = ?', (image_id,))[0][0]
+
+
+def _inconsistent(store: Store, image_id: int, what: str) -> StoreError:
+    return StoreError(f"{store.path}: index of image {image_id} is inconsistent ({what})")
+
+
+def _int_columns(store: Store, image_id: int, sql: str, params: tuple, width: int) -> np.ndarray:
+    """Rows of ``width`` integers as an (n, width) int64 array."""
+    rows = store.fetchall(sql, params)
+    try:
+        return np.array(rows, dtype=np.int64).reshape(len(rows), width)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _inconsistent(store, image_id, str(exc)) from None
+
+
+def load_references(store: Store, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(chunk_id, file_offset) of every occurrence of the image in occurrence order, as u64
+    arrays; ``chunk_id`` is the row of ``chunks`` the occurrence points at. The occurrences of
+    the node at ``pos`` are ``[chunk_start, chunk_start + chunk_count)`` of its ``nodes`` row."""
+    n_occ = load_image(store, image_id)["occurrence_count"]
+    n_distinct = _distinct_count(store, image_id)
+    n_segs = store.fetchall('SELECT COUNT(*) FROM "refs" WHERE "image_id" = ?', (image_id,))[0][0]
+    if not isinstance(n_occ, int) or n_occ < 0 or n_segs != -(-n_occ // REFS_SEGMENT):
+        raise _inconsistent(store, image_id, f"{n_segs} reference rows for {n_occ} occurrences")
+    chunk_id = np.empty(n_occ, dtype=_REF_DTYPE)
+    file_offset = np.empty(n_occ, dtype=_REF_DTYPE)
+    sql = select_sql("refs", COLUMNS["refs"][1:], '"image_id" = ?', '"seg"')
+    with store.guard():
+        for expected, (seg, ids, offsets) in enumerate(store.db.conn.execute(sql, (image_id,))):
+            lo = expected * REFS_SEGMENT
+            count = min(REFS_SEGMENT, n_occ - lo)
+            if seg != expected or not all(
+                isinstance(b, bytes) and len(b) == count * _REF_DTYPE.itemsize for b in (ids, offsets)
+            ):
+                raise _inconsistent(store, image_id, f"reference row {seg} is malformed")
+            chunk_id[lo : lo + count] = np.frombuffer(ids, dtype=_REF_DTYPE)
+            file_offset[lo : lo + count] = np.frombuffer(offsets, dtype=_REF_DTYPE)
+    if n_occ and int(chunk_id.max()) >= n_distinct:
+        raise _inconsistent(store, image_id, "an occurrence points past the chunk table")
+    return chunk_id, file_offset
+
+
 def load_occurrences(store: Store, image_id: int) -> np.ndarray:
     """Every chunk occurrence of the image in occurrence order, as CHUNK_DTYPE (``reserved`` = 0)."""
-    image = load_image(store, image_id)
-    n_distinct = store.fetchall('SELECT COUNT(*) FROM "chunks" WHERE "image_id" = ?', (image_id,))[0][0]
+    chunk_id, file_offset = load_references(store, image_id)
+    n_distinct = _distinct_count(store, image_id)
     columns = ("chunk_id",) + _CHUNK_COLUMNS
     table = store.fetch_array(
         select_sql("chunks", columns, '"image_id" = ?', '"chunk_id"'),
@@ -255,35 +332,54 @@ def load_occurrences(store: Store, image_id: int) -> np.ndarray:
         np.dtype([(c, "V32" if c == "block_id" else "<u8") for c in columns]),
         n_distinct,
     )
-    refs = store.fetch_array(
-        select_sql("refs", ("occ", "chunk_id", "file_offset"), '"image_id" = ?', '"occ"'),
-        (image_id,),
-        np.dtype([("occ", "<u8"), ("chunk_id", "<u8"), ("file_offset", "<u8")]),
-        image["occurrence_count"],
-    )
-    if not (
-        np.array_equal(table["chunk_id"], np.arange(n_distinct))
-        and np.array_equal(refs["occ"], np.arange(len(refs)))
-        and (len(refs) == 0 or int(refs["chunk_id"].max()) < n_distinct)
-    ):
-        raise StoreError(f"{store.path}: index of image {image_id} is inconsistent (ids not dense)")
+    if not np.array_equal(table["chunk_id"], np.arange(n_distinct)):
+        raise _inconsistent(store, image_id, "ids not dense")
     distinct = np.zeros(n_distinct, dtype=CHUNK_DTYPE)
     for c in _CHUNK_COLUMNS:
         distinct[_CHUNK_FIELD[c]] = table[c]
-    occurrences = distinct[refs["chunk_id"]]
-    occurrences["file_offset"] = refs["file_offset"]
+    occurrences = distinct[chunk_id]
+    occurrences["file_offset"] = file_offset
     return occurrences
 
 
 def nodes_referencing(store: Store, image_id: int, blob_index: int, limit: int) -> list[tuple[bytes, int]]:
     """The files whose data lives most in blob ``blob_index``: (path bytes, compressed bytes of the
-    file's occurrences in that blob), largest first, ties by node order."""
-    return store.fetchall(
-        'SELECT n."path", SUM(c."compressed_size") AS used'
-        ' FROM "chunks" c'
-        ' JOIN "refs" r ON r."image_id" = c."image_id" AND r."chunk_id" = c."chunk_id"'
-        ' JOIN "nodes" n ON n."image_id" = r."image_id" AND n."pos" = r."node_pos"'
-        ' WHERE c."image_id" = ? AND c."blob_index" = ?'
-        ' GROUP BY n."pos" ORDER BY used DESC, n."pos" LIMIT ?',
-        (image_id, blob_index, limit),
+    file's occurrences in that blob), largest first, ties by node order; a negative ``limit``
+    means all. An occurrence in several files' ranges (hard links) counts for the first file."""
+    chunk_id, _ = load_references(store, image_id)
+    size_in_blob = np.full(_distinct_count(store, image_id), -1, dtype=np.int64)
+    ids, sizes = _int_columns(
+        store,
+        image_id,
+        'SELECT "chunk_id", "compressed_size" FROM "chunks" WHERE "image_id" = ? AND "blob_index" = ?',
+        (image_id, blob_index),
+        2,
+    ).T
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(size_in_blob) or sizes.min() < 0):
+        raise _inconsistent(store, image_id, "ids not dense")
+    size_in_blob[ids] = sizes
+    pos, starts, counts = _int_columns(
+        store,
+        image_id,
+        'SELECT "pos", "chunk_start", "chunk_count" FROM "nodes" WHERE "image_id" = ? ORDER BY "pos"',
+        (image_id,),
+        3,
+    ).T
+    _check_node_ranges(store.path, starts, counts, len(chunk_id))
+    owner = _owners(starts, counts, len(chunk_id))
+    occ_size = size_in_blob[chunk_id]
+    hit = (occ_size >= 0) & (owner >= 0)
+    used = np.zeros(len(pos), dtype=np.int64)
+    np.add.at(used, owner[hit], occ_size[hit])
+    ranked = np.flatnonzero(np.bincount(owner[hit], minlength=len(pos)))
+    ranked = ranked[np.lexsort((ranked, -used[ranked]))]
+    if limit >= 0:
+        ranked = ranked[:limit]
+    top = pos[ranked].tolist()
+    paths = dict(
+        store.fetchall(
+            'SELECT "pos", "path" FROM "nodes" WHERE "image_id" = ? AND "pos" IN (SELECT "value" FROM json_each(?))',
+            (image_id, json.dumps(top)),
+        )
     )
+    return [(paths[p], u) for p, u in zip(top, used[ranked].tolist())]

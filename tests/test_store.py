@@ -14,14 +14,17 @@ import pytest
 from rafs.compression import Compressor
 from rafs.digest import Digester
 from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from store import index as store_index
 from store.db import open_store
 from store.errors import StoreError
 from store.index import (
+    dedup_chunks,
     find_image,
     index_bootstrap,
     load_blobs,
     load_image,
     load_occurrences,
+    load_references,
     nodes_referencing,
 )
 from store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, load_plan_recipe, save_plan
@@ -168,6 +171,8 @@ def test_new_store_has_schema_wal_and_foreign_keys(db_path: Path) -> None:
         assert store.fetchall("PRAGMA journal_mode")[0][0] == "wal"
         assert store.fetchall("PRAGMA foreign_keys")[0][0] == 1
         assert "ux_images_sha256" in {i.name for i in store.db.table("images").indexes}
+        for table in ("chunks", "nodes", "new_blob_chunks"):  # one B-tree per row, no rowid + key index
+            assert store.db.table(table).schema.endswith("WITHOUT ROWID")
     with open_store(db_path, create=False) as store:
         assert find_image(store, SHA_A) is None
 
@@ -224,8 +229,11 @@ def test_index_round_trips_occurrences_blobs_and_nodes(db_path: Path, boot_file:
         image_id = index_bootstrap(store, boot_file, bs, SHA_A, observed)
         assert find_image(store, SHA_A) == image_id
         # 10 occurrences, 6 distinct records (the /h2 copies, /a's repeat and the shared chunk fold).
-        assert _count(store, "refs") == 10
+        assert _count(store, "refs") == 1  # one segment row holds them all
         assert _count(store, "chunks") == 6
+        chunk_id, file_offset = load_references(store, image_id)
+        assert chunk_id.tolist() == [0, 1, 0, 2, 3, 2, 3, 1, 4, 5]
+        assert file_offset.tolist() == bs.chunks["file_offset"].tolist()
         occ = load_occurrences(store, image_id)
         assert occ.dtype == CHUNK_DTYPE
         assert np.array_equal(occ, bs.chunks)
@@ -252,8 +260,9 @@ def test_index_round_trips_occurrences_blobs_and_nodes(db_path: Path, boot_file:
         assert [n["path"] for n in nodes] == [n.path for n in bs.nodes]
         assert [n["kind"] for n in nodes] == ["dir", "reg", "dir", "reg", "reg", "reg", "lnk", "reg"]
         assert [n["link"] for n in nodes][4:6] == [4, 4]
-        refs = store.fetchall('SELECT "node_pos", "chunk_no" FROM "refs" ORDER BY "occ"')
-        assert refs == [(1, 0), (1, 1), (1, 2), (4, 0), (4, 1), (5, 0), (5, 1), (7, 0), (7, 1), (7, 2)]
+        assert [(n["chunk_start"], n["chunk_count"]) for n in nodes] == [
+            (n.chunk_start, n.chunk_count) for n in bs.nodes
+        ]
 
 
 def test_nodes_referencing_ranks_files_by_bytes_in_blob(db_path: Path, boot_file: Path) -> None:
@@ -272,7 +281,7 @@ def test_reindexing_same_content_reuses_the_image(db_path: Path, boot_file: Path
     with open_store(db_path) as store:
         again = index_bootstrap(store, boot_file, synthetic_bootstrap(2, 2, 4), SHA_A, None)
         assert again == first
-        assert (_count(store, "images"), _count(store, "refs")) == (1, 10)
+        assert (_count(store, "images"), _count(store, "chunks")) == (1, 6)
         other = index_bootstrap(store, boot_file, bs, SHA_B, None)
         assert other != first
         assert np.array_equal(load_occurrences(store, other), load_occurrences(store, first))
@@ -298,11 +307,95 @@ def test_occurrences_outside_every_node_round_trip(db_path: Path, boot_file: Pat
     bs.nodes[7].chunk_count = 1  # the last two occurrences now belong to no node
     with open_store(db_path) as store:
         image_id = index_bootstrap(store, boot_file, bs, SHA_A, None)
-        assert store.fetchall('SELECT "node_pos", "chunk_no" FROM "refs" WHERE "occ" >= 8') == [
-            (None, None),
-            (None, None),
+        assert np.array_equal(load_occurrences(store, image_id), bs.chunks)
+        # /dir/\xffx keeps only its first chunk (blob 1): nobody owns the two in blob 2.
+        assert nodes_referencing(store, image_id, 2, 10) == [(b"/h1", 50), (b"/h2", 50)]
+        assert nodes_referencing(store, image_id, 1, -1) == [(b"/a", 200), (b"/dir/\xffx", 200)]
+
+
+def test_shared_and_overlapping_ranges_count_for_the_lowest_node(db_path: Path, boot_file: Path) -> None:
+    bs = small_bootstrap()
+    bs.nodes[5].chunk_start = 3  # /h2 shares /h1's range, as v6 hard links do
+    with open_store(db_path) as store:
+        image_id = index_bootstrap(store, boot_file, bs, SHA_A, None)
+        assert nodes_referencing(store, image_id, 0, 10) == [(b"/h1", 300), (b"/a", 200)]
+
+    # Ranges overlapping every which way: each occurrence counts for the lowest node covering it.
+    rng = np.random.default_rng(3)
+    big = synthetic_bootstrap(n_files=60, per_file=5, n_unique=40)
+    n_occ = len(big.chunks)
+    for nd in big.nodes[1:]:
+        nd.chunk_start = int(rng.integers(0, n_occ))
+        nd.chunk_count = int(rng.integers(0, min(40, n_occ - nd.chunk_start) + 1))
+    owner = [-1] * n_occ
+    for pos, nd in reversed(list(enumerate(big.nodes))):
+        owner[nd.chunk_start : nd.chunk_start + nd.chunk_count] = [pos] * nd.chunk_count
+    with open_store(db_path) as store:
+        image_id = index_bootstrap(store, boot_file, big, SHA_B, None)
+        for blob in range(4):
+            used: dict[int, int] = {}
+            for occ, pos in enumerate(owner):
+                if pos >= 0 and big.chunks["blob_index"][occ] == blob:
+                    used[pos] = used.get(pos, 0) + int(big.chunks["compressed_size"][occ])
+            expected = sorted(used.items(), key=lambda item: (-item[1], item[0]))
+            assert nodes_referencing(store, image_id, blob, -1) == [(big.nodes[p].path, n) for p, n in expected]
+            assert nodes_referencing(store, image_id, blob, 3) == [(big.nodes[p].path, n) for p, n in expected[:3]]
+
+
+def test_dedup_survives_hash_collisions() -> None:
+    chunks = np.repeat(small_bootstrap().chunks[:1], 6)
+    words = chunks.view("<u8").reshape(len(chunks), -1)
+    # Keys differing in words 0 and 1 with equal (w0 * M) ^ w1 collide in the key hash.
+    m = int(store_index._HASH_MULTIPLIER)
+    a, b = 5, 7
+    words[0::2, 0], words[0::2, 1] = a, b
+    words[1::2, 0], words[1::2, 1] = a + 1, ((a * m) ^ b ^ ((a + 1) * m)) & (2**64 - 1)
+    words[:, 8] = np.arange(6) * 4096  # file_offset is not part of the key
+    assert len(set(store_index._key_hash(words).tolist())) == 1
+    first, chunk_id = dedup_chunks(chunks)
+    assert first.tolist() == [0, 1]
+    assert chunk_id.tolist() == [0, 1, 0, 1, 0, 1]
+
+
+def test_references_span_several_rows(db_path: Path, boot_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_index, "REFS_SEGMENT", 4)
+    bs = small_bootstrap()
+    with open_store(db_path) as store:
+        image_id = index_bootstrap(store, boot_file, bs, SHA_A, None)
+        assert store.fetchall('SELECT "seg", length("chunk_ids") FROM "refs" ORDER BY "seg"') == [
+            (0, 32),
+            (1, 32),
+            (2, 16),
         ]
         assert np.array_equal(load_occurrences(store, image_id), bs.chunks)
+        assert nodes_referencing(store, image_id, 2, 10) == [(b"/dir/\xffx", 140), (b"/h1", 50), (b"/h2", 50)]
+
+
+@pytest.mark.parametrize(
+    ("corruption", "occurrences_too"),
+    [
+        ('UPDATE "refs" SET "chunk_ids" = x\'00\'', True),
+        ('UPDATE "refs" SET "file_offsets" = 7', True),
+        ('UPDATE "refs" SET "seg" = 1', True),
+        ('DELETE FROM "refs"', True),
+        ('UPDATE "images" SET "occurrence_count" = 1 << 60', True),
+        ('DELETE FROM "chunks" WHERE "chunk_id" = 5', True),
+        ('UPDATE "chunks" SET "chunk_id" = 99 WHERE "chunk_id" = 5', True),
+        ('UPDATE "nodes" SET "chunk_count" = 99 WHERE "pos" = 7', False),
+        ('UPDATE "nodes" SET "chunk_start" = \'x\' WHERE "pos" = 7', False),
+    ],
+)
+def test_corrupt_index_is_a_store_error(db_path: Path, boot_file: Path, corruption: str, occurrences_too: bool) -> None:
+    with open_store(db_path) as store:
+        image_id = index_bootstrap(store, boot_file, small_bootstrap(), SHA_A, None)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(corruption)
+    with open_store(db_path, create=False) as store:
+        with pytest.raises(StoreError, match="inconsistent|outside the occurrence array"):
+            nodes_referencing(store, image_id, 2, 10)
+        if occurrences_too:
+            with pytest.raises(StoreError, match="inconsistent"):
+                load_occurrences(store, image_id)
 
 
 def test_node_range_outside_the_array_is_refused(db_path: Path, boot_file: Path) -> None:
