@@ -23,12 +23,12 @@ from planner.config import CompactConfig, canonical_json
 from planner.errors import ChunkLostError, PlanError
 from planner.facts import SourceBlob
 from planner.fleet import ImageProjection, Union, project, unite
-from planner.layout import Layout, NewBlob, layout
+from planner.layout import Layout, NewBlob, TableEntry, layout
 from planner.plan import Plan
 from planner.review import decisions_from_plan, explain_lost
 from rafs import v5, v6
 from rafs.loader import load_bootstrap
-from rafs.model import BlobInfo, Bootstrap
+from rafs.model import BlobInfo, Bootstrap, empty_chunks
 from safeio import atomic_writer, remove_stale_temps
 from store.db import Store
 from store.runs import (
@@ -208,6 +208,10 @@ def apply_plan(
 
     images = [load_bootstrap(im.path) for im in plan.images]
     prep = prepare(plan, source_name, images)
+    # Only the layout's relocated occurrences are used from here on: drop the sources' and the
+    # union's copies, each as large as the chunk table.
+    images = [replace(bs, chunks=empty_chunks()) for bs in images]
+    prep.union = replace(prep.union, facts=replace(prep.union.facts, chunks=empty_chunks()))
     result, sources = prep.layout, prep.sources
     # A single image keeps the plain step and output names ("bootstrap"); a fleet numbers them.
     keys = ["bootstrap"] if len(images) == 1 else [f"bootstrap:{k}" for k in range(len(images))]
@@ -239,8 +243,10 @@ def apply_plan(
             written = _write_blobs(plan, result, sources, backend, opts, store, run.id, digest, images[0], progress)
             _publish_blobs(backend, result, written, store, run.id)
             done = completed_steps(store, run.id)
+            tables = []
             for k, (key, out_boot) in enumerate(boots.items()):
                 proj = project(prep.union, result, k)
+                tables.append(proj.table)
                 new_bs = _new_bootstrap(images[k], proj, written, prep.infos)
                 data = v5.dump(new_bs) if new_bs.version == 5 else v6.dump(new_bs)
                 boot_sha = hashlib.sha256(data).hexdigest()
@@ -250,7 +256,7 @@ def apply_plan(
                     _write_bootstrap(out_boot, data, tmp + key.replace(":", "-"))
                     fault_point("bootstrap-done")
                     record_step(store, run.id, key, STEP_DONE, bytes=len(data), size=len(data), sha256=boot_sha)
-            res = _result(run.id, run.resumes, written, digest, boots, prep)
+            res = _result(run.id, run.resumes, written, digest, boots, prep, tables)
             if opts.output_json is not None:
                 doc = _write_json(opts.output_json, res, tmp)
                 record_step(store, run.id, "json", STEP_DONE, size=len(doc), sha256=hashlib.sha256(doc).hexdigest())
@@ -430,7 +436,10 @@ def _write_bootstrap(path: Path, data: bytes, tmp_name: str) -> None:
         fp.write(data[half:])
 
 
-def _result(run_id, resumes, written, digest, boots: dict[str, Path], prep: Prepared) -> ApplyResult:
+def _result(
+    run_id, resumes, written, digest, boots: dict[str, Path], prep: Prepared, tables: list[list[TableEntry]]
+) -> ApplyResult:
+    """``tables``: each image's projected blob table (projecting again would copy its chunks)."""
     result = prep.layout
 
     def blob_id(e) -> str:
@@ -446,8 +455,8 @@ def _result(run_id, resumes, written, digest, boots: dict[str, Path], prep: Prep
     kept = [e.blob_id for e in result.table if e.group is None]
     deletable = list(dict.fromkeys(b.blob_id for b in prep.sources if b.blob_id not in ids))
     images = [
-        {"source": str(src), "bootstrap": str(out), "blobs": [blob_id(e) for e in project(prep.union, result, k).table]}
-        for k, (src, out) in enumerate(zip(prep.paths, boots.values()))
+        {"source": str(src), "bootstrap": str(out), "blobs": [blob_id(e) for e in table]}
+        for src, out, table in zip(prep.paths, boots.values(), tables)
     ]
     first = images[0]
     return ApplyResult(
@@ -461,7 +470,8 @@ def _result_from_steps(run, done, digest, boots: dict[str, Path], prep: Prepared
         step = done[f"blob:g{nb.group}"]
         info = BlobInfo(step.blob_id, nb.chunk_count, step.size, 0, 0, nb.compressor, nb.digester, 0)
         written[nb.group] = WrittenBlob(info, Path(step.blob_id), step.sha256, 0, 0, True)
-    res = _result(run.id, run.resumes, written, digest, boots, prep)
+    tables = [project(prep.union, prep.layout, k).table for k in range(len(boots))]
+    res = _result(run.id, run.resumes, written, digest, boots, prep, tables)
     res.status = "already-applied"
     outs = ", ".join(str(p) for p in boots.values())
     res.message = f"already applied (run {run.id}); outputs checked: {len(written)} new blobs and {outs} are intact"

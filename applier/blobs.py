@@ -7,6 +7,7 @@ the group, so a resumed apply finds and removes its own leftovers.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import os
@@ -31,7 +32,6 @@ from .faults import fault_point
 
 # Reads are split at chunk boundaries so no single request holds more than this in memory.
 MAX_READ = 16 << 20
-COPY_BLOCK = 1 << 20
 
 
 @dataclass
@@ -44,18 +44,6 @@ class WrittenBlob:
     reused: bool  # the final file already existed with identical content
 
 
-class _HashingFile:
-    """Passes writes through to ``fp`` and hashes every byte (the file's sha256)."""
-
-    def __init__(self, fp):
-        self._fp = fp
-        self.sha256 = hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.sha256.update(data)
-        return self._fp.write(data)
-
-
 def temp_prefix(plan_digest: str) -> str:
     """Names every temp file an apply of this plan writes, so a rerun finds exactly its own leftovers."""
     return f"{TMP_PREFIX}{plan_digest.removeprefix('sha256:')[:16]}."
@@ -65,33 +53,28 @@ def temp_name(plan_digest: str, group: int) -> str:
     return f"{temp_prefix(plan_digest)}g{group}"
 
 
-def split_reads(nb: NewBlob) -> Iterator[tuple[int, int, int, int]]:
+def split_reads(nb: NewBlob) -> Iterator[tuple[int, int, int, int, int]]:
     """(source, offset, length, first chunk, count) reads of at most MAX_READ bytes (or one chunk)."""
     rec = nb.chunks
-    for r in nb.reads:
-        first, count = int(r["first"]), int(r["count"])
-        src = int(r["source"])
-        i = first
-        while i < first + count:
-            start = int(rec["source_offset"][i])
-            j = i + 1
-            end = start + int(rec["compressed_size"][i])
-            while j < first + count:
-                nxt_end = max(end, int(rec["source_offset"][j]) + int(rec["compressed_size"][j]))
-                if nxt_end - start > MAX_READ:
-                    break
-                end = nxt_end
-                j += 1
-            yield src, start, end - start, i, j - i
+    start = rec["source_offset"]
+    end = start + rec["compressed_size"]
+    for src, offset, length, first, count in nb.reads.tolist():
+        if length <= MAX_READ:
+            yield src, offset, length, first, count
+            continue
+        # Chunks may overlap, so a piece ends at the furthest end reached so far.
+        reach = np.maximum.accumulate(end[first : first + count]).tolist()
+        i = 0
+        while i < count:
+            lo = int(start[first + i])
+            j = max(i + 1, bisect.bisect_right(reach, lo + MAX_READ, lo=i))
+            yield src, lo, reach[j - 1] - lo, first + i, j - i
             i = j
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fp:
-        while block := fp.read(COPY_BLOCK):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fp, "sha256").hexdigest()
 
 
 def write_new_blob(
@@ -110,66 +93,93 @@ def write_new_blob(
     group = f"g{nb.group}"
     tmp = out_dir / temp_name(plan_digest, nb.group)
     rec = nb.chunks
-    bytes_read = requests = 0
-    data_hash = hashlib.sha256()
+    counts = [0, 0]  # bytes read, requests
     half = len(nb.reads) // 2
+
+    def runs() -> Iterator[memoryview]:
+        """The recipe's stored bytes in write order: one slice of a read per run of chunks that are
+        adjacent in the source, so a read of adjacent chunks is written in one go."""
+        pieces = list(split_reads(nb))
+        piece_first = np.array([p[3] for p in pieces], dtype=np.int64)
+        starts = rec["source_offset"]
+        ends = starts + rec["compressed_size"]
+        cut = np.ones(len(rec), dtype=bool)
+        cut[1:] = starts[1:] != ends[:-1]
+        cut[piece_first] = True
+        last = np.ones(len(rec), dtype=bool)
+        last[:-1] = cut[1:]
+        run_first = np.flatnonzero(cut)
+        run_lo, run_hi = starts[cut].tolist(), ends[last].tolist()
+        piece_runs = [*np.searchsorted(run_first, piece_first).tolist(), len(run_first)]
+        for n, (src, offset, length, first, count) in enumerate(pieces):
+            if n == half:
+                fault_point(f"blob-mid:{group}")
+            blob = sources[src]
+            data = memoryview(backend.read_exact(blob.blob_id, offset, length))
+            counts[0] += length
+            counts[1] += 1
+            if verify:
+                _verify_chunks(rec[first : first + count], data, offset, blob)
+            for r in range(piece_runs[n], piece_runs[n + 1]):
+                yield data[run_lo[r] - offset : run_hi[r] - offset]
+            if progress is not None:
+                progress(length)
+
     try:
         with open(tmp, "wb") as raw:
-            out = _HashingFile(raw)
             writer = BlobWriter(
-                out, version=version, compressor=nb.compressor, digester=nb.digester,
+                raw, version=version, compressor=nb.compressor, digester=nb.digester,
                 chunk_size=chunk_size, aligned=nb.aligned,
             )
-            for n, (src, offset, length, first, count) in enumerate(split_reads(nb)):
-                if n == half:
-                    fault_point(f"blob-mid:{group}")
-                blob = sources[src]
-                data = memoryview(backend.read_exact(blob.blob_id, offset, length))
-                bytes_read += length
-                requests += 1
-                for i in range(first, first + count):
-                    _copy_chunk(writer, rec[i], data, offset, blob, verify, data_hash)
-                if progress is not None:
-                    progress(length)
+            ci = writer.add_chunks(
+                runs(), compressed_sizes=rec["compressed_size"], uncompressed_sizes=rec["uncompressed_size"],
+                compressed=(rec["flags"] & ChunkFlags.COMPRESSED) != 0, digests=rec["digest"].tobytes(),
+            )
+            _check_landed(ci, rec)
             info = writer.finish()
             raw.flush()
             os.fsync(raw.fileno())
+        sha = info.blob_id  # no ToC: the blob id is the whole file's sha256 (blob-v6.md §11)
         if not whole_file_id:
             # Upstream names a new blob by the sha256 of its chunk data only (B17).
-            info.blob_id = data_hash.hexdigest()
+            info.blob_id = writer.chunk_data_sha256
         fault_point(f"blob-written:{group}")
         final = out_dir / info.blob_id
-        sha = out.sha256.hexdigest()
         reused = _publish(tmp, final, info.compressed_size, sha)
         fsync_dir(out_dir)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    return WrittenBlob(info, final, sha, bytes_read, requests, reused)
+    return WrittenBlob(info, final, sha, counts[0], counts[1], reused)
 
 
-def _copy_chunk(
-    writer: BlobWriter, row: np.void, data: memoryview, base: int, blob: SourceBlob, verify: bool, data_hash
-) -> None:
-    start = int(row["source_offset"]) - base
-    stored = data[start : start + int(row["compressed_size"])]
-    compressed = bool(int(row["flags"]) & ChunkFlags.COMPRESSED)
-    usize = int(row["uncompressed_size"])
-    chunk_digest = bytes(row["digest"])
-    if verify:
+def _verify_chunks(rows: np.ndarray, data: memoryview, base: int, blob: SourceBlob) -> None:
+    """Every chunk of one read decompresses to its digest (--verify)."""
+    for row in rows:
+        start = int(row["source_offset"]) - base
+        stored = bytes(data[start : start + int(row["compressed_size"])])
         where = f"blob {blob.blob_id}: chunk at compressed offset {int(row['source_offset'])}"
         try:
-            plain = decompress(blob.compressor, bytes(stored), usize) if compressed else bytes(stored)
+            compressed = bool(int(row["flags"]) & ChunkFlags.COMPRESSED)
+            plain = decompress(blob.compressor, stored, int(row["uncompressed_size"])) if compressed else stored
         except ValueError as exc:
             raise ApplyError(f"{where}: does not decompress: {exc}") from None
-        if digest(blob.digester, plain) != chunk_digest:
+        if digest(blob.digester, plain) != bytes(row["digest"]):
             raise ApplyError(f"{where}: content does not match its digest")
-    data_hash.update(stored)
-    index, coff, uoff = writer.add_chunk(stored, compressed=compressed, uncompressed_size=usize, digest=chunk_digest)
-    want = (int(row["index"]), int(row["compressed_offset"]), int(row["uncompressed_offset"]))
-    if (index, coff, uoff) != want:
-        raise ApplyError(f"new blob chunk landed at {(index, coff, uoff)}, the plan's layout says {want}")
+
+
+def _check_landed(ci: np.ndarray, rec: np.ndarray) -> None:
+    """The writer put every chunk where the plan's layout says (index, compressed and uncompressed offset)."""
+    wrong = (ci["compressed_offset"] != rec["compressed_offset"]) | (
+        ci["uncompressed_offset"] != rec["uncompressed_offset"]
+    )
+    wrong |= rec["index"] != np.arange(len(rec))
+    if wrong.any():
+        i = int(wrong.argmax())
+        got = (i, int(ci["compressed_offset"][i]), int(ci["uncompressed_offset"][i]))
+        want = (int(rec["index"][i]), int(rec["compressed_offset"][i]), int(rec["uncompressed_offset"][i]))
+        raise ApplyError(f"new blob chunk landed at {got}, the plan's layout says {want}")
 
 
 def _publish(tmp: Path, final: Path, size: int, sha: str) -> bool:

@@ -164,3 +164,105 @@ def test_materialized_cache_layout_and_errors(tmp_path):
         materialize(bs, broken, tmp_path / "c2")
     with pytest.raises(BlobDataError, match="cannot open"):
         materialize(bs, tmp_path / "nowhere", tmp_path / "c3")
+
+
+# -- runs of chunks written in one go (the apply copy path) ---------------------------------------
+
+
+def _v6_writer(fp) -> BlobWriter:
+    return BlobWriter(fp, version=6, compressor=Compressor.NONE, digester=Digester.SHA256, chunk_size=0x10000)
+
+
+def _run_columns(chunks: list[bytes]) -> dict:
+    sizes = np.array([len(c) for c in chunks], dtype=np.uint64)
+    digests = b"".join(digest(Digester.SHA256, c) for c in chunks)
+    compressed = np.zeros(len(chunks), dtype=bool)
+    return {"compressed_sizes": sizes, "uncompressed_sizes": sizes, "compressed": compressed, "digests": digests}
+
+
+def test_runs_of_chunks_equal_chunk_by_chunk_writes():
+    chunks = _chunks(40)
+    one_by_one = io.BytesIO()
+    w = _v6_writer(one_by_one)
+    for c in chunks:
+        w.add_chunk(c, compressed=False, uncompressed_size=len(c), digest=digest(Digester.SHA256, c))
+    expected_info, expected_ci = w.finish(), w.ci_array()
+
+    runs = io.BytesIO()
+    w = _v6_writer(runs)
+    # Runs as the copier hands them over: slices of one read buffer, and a part spanning chunks.
+    buffer = b"".join(chunks[:30])
+    first = w.add_chunks([memoryview(buffer)[: 25_000], memoryview(buffer)[25_000 :]], **_run_columns(chunks[:30]))
+    rest = w.add_chunks([b"".join(chunks[30:])], **_run_columns(chunks[30:]))
+    info = w.finish()
+
+    assert runs.getvalue() == one_by_one.getvalue()
+    assert info == expected_info and info.blob_id == hashlib.sha256(runs.getvalue()).hexdigest()
+    assert np.array_equal(np.concatenate([first, rest]), expected_ci)
+    assert w.chunk_data_sha256 == hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+def test_large_runs_hash_in_batches_and_mutable_parts_are_hashed_at_once():
+    rng = np.random.default_rng(7)
+    chunks = [rng.bytes(0x10000) for _ in range(80)]  # 5 MiB: several hashing batches
+    out = io.BytesIO()
+    w = _v6_writer(out)
+    w.add_chunks([b"".join(chunks[:40])], **_run_columns(chunks[:40]))
+    mutable = [bytearray(c) for c in chunks[40:]]
+    w.add_chunks(mutable, **_run_columns(chunks[40:]))
+    for part in mutable:  # the caller reuses its buffers: the blob id must not see it
+        part[:] = bytes(len(part))
+    info = w.finish()
+    data = out.getvalue()
+    assert data[: 80 * 0x10000] == b"".join(chunks)
+    assert info.blob_id == hashlib.sha256(data).hexdigest()
+    assert w.chunk_data_sha256 == hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+def test_v5_data_hash_is_the_blob_id():
+    out = io.BytesIO()
+    w = BlobWriter(out, version=5, compressor=Compressor.NONE, digester=Digester.SHA256, chunk_size=0x10000)
+    chunks = _chunks(5)
+    w.add_chunks([b"".join(chunks)], **_run_columns(chunks))
+    assert w.finish().blob_id == w.chunk_data_sha256 == hashlib.sha256(out.getvalue()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "parts, message",
+    [
+        (lambda data: [data[:-1]], "hold 9999 bytes"),
+        (lambda data: [data, b"x"], "more than the 10000 bytes"),
+        (lambda data: _failing([data[:5000]]), "backend went away"),
+    ],
+)
+def test_a_run_cut_short_leaves_the_writer_unusable(parts, message):
+    w = _v6_writer(io.BytesIO())
+    (chunk,) = _chunks(1)
+    with pytest.raises((ValueError, OSError), match=message):
+        w.add_chunks(parts(chunk), **_run_columns([chunk]))
+    assert w.chunk_count == 0
+    for again in (lambda: w.add_chunk(chunk, compressed=False, uncompressed_size=len(chunk),
+                                      digest=digest(Digester.SHA256, chunk)), w.finish):  # fmt: skip
+        with pytest.raises(ValueError, match="broken"):
+            again()
+
+
+def _failing(parts):
+    yield from parts
+    raise OSError("backend went away")
+
+
+def test_run_metadata_is_checked_before_any_byte_is_written():
+    out = io.BytesIO()
+    w = _v6_writer(out)
+    chunks = _chunks(3)
+    cols = _run_columns(chunks)
+    cols["uncompressed_sizes"] = cols["uncompressed_sizes"].copy()
+    cols["uncompressed_sizes"][2] = 0x10001
+    with pytest.raises(ValueError, match="uncompressed_size 65537 outside"):
+        w.add_chunks([b"".join(chunks)], **cols)
+    with pytest.raises(ValueError, match="digests must be 32 bytes each"):
+        w.add_chunks([b"".join(chunks)], **(_run_columns(chunks) | {"digests": bytes(64)}))
+    assert out.getvalue() == b"" and w.chunk_count == 0
+    w.add_chunks([b"".join(chunks)], **_run_columns(chunks))  # still usable: nothing was written
+    assert w.finish().chunk_count == 3

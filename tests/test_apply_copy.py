@@ -1,0 +1,121 @@
+"""The apply copy path (applier.blobs.write_new_blob): a recipe with adjacent, gapped, repeated and
+overlapping source chunks, and reads longer than MAX_READ, is copied byte for byte with one request
+per (split) read; the blob id is the file's sha256, or the data-only sha256 upstream uses (B17)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from applier.blobs import MAX_READ, split_reads, write_new_blob
+from applier.errors import ApplyError
+from backends.localfs import LocalFsBackend
+from planner.facts import SourceBlob
+from planner.layout import READ_DTYPE, RECIPE_DTYPE, NewBlob
+from rafs.blob_meta import read_blob_meta
+from rafs.compression import Compressor
+from rafs.digest import Digester, digest
+from rafs.flags import BlobFeatures
+
+CHUNK_SIZE = 1 << 20
+SOURCE_ID = "ab" * 32
+
+
+def _source(tmp_path: Path, size: int) -> tuple[bytes, LocalFsBackend, list[SourceBlob]]:
+    data = np.random.default_rng(size).bytes(size)
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    (src_dir / SOURCE_ID).write_bytes(data)
+    blob = SourceBlob(SOURCE_ID, size, size, 0, Compressor.NONE, Digester.BLAKE3, 0, size)
+    return data, LocalFsBackend(src_dir), [blob]
+
+
+def _new_blob(data: bytes, ranges: list[tuple[int, int]], reads: list[tuple[int, int, int, int]]) -> NewBlob:
+    """Raw chunks at source ``ranges`` in write order; ``reads`` as (offset, length, first, count)."""
+    rec = np.zeros(len(ranges), dtype=RECIPE_DTYPE)
+    rec["source_offset"] = [o for o, _ in ranges]
+    rec["compressed_size"] = rec["uncompressed_size"] = [n for _, n in ranges]
+    rec["digest"] = [digest(Digester.BLAKE3, data[o : o + n]) for o, n in ranges]
+    rec["index"] = np.arange(len(ranges))
+    sizes = rec["compressed_size"].astype(np.uint64)
+    rec["compressed_offset"] = np.cumsum(sizes) - sizes
+    footprint = (sizes + 4095) // 4096 * 4096
+    rec["uncompressed_offset"] = np.cumsum(footprint) - footprint
+    rd = np.zeros(len(reads), dtype=READ_DTYPE)
+    for i, r in enumerate(reads):
+        rd[i] = (0, *r)
+    return NewBlob(
+        group=0, new_index=0, target=0, members=(0,), compressor=Compressor.NONE, digester=Digester.BLAKE3,
+        features=int(BlobFeatures.CAP_TAR_TOC | BlobFeatures.ALIGNED), aligned=True, chunks=rec, reads=rd,
+        compressed_size=int(sizes.sum()), uncompressed_size=int(footprint.sum()),
+    )  # fmt: skip
+
+
+def _write(nb: NewBlob, sources, backend, out: Path, **kw):
+    out.mkdir(exist_ok=True)
+    args = {"version": 6, "chunk_size": CHUNK_SIZE, "plan_digest": "sha256:" + "0" * 64, "whole_file_id": True}
+    return write_new_blob(nb, sources, backend, out, **(args | {"verify": False} | kw))
+
+
+# Adjacent chunks (one run), a gap (a second read), the same chunk twice and an overlapping chunk.
+RANGES = [(0, 1000), (1000, 1500), (3000, 500), (3000, 500), (3200, 800), (4000, 96)]
+READS = [(0, 2500, 0, 2), (3000, 1096, 2, 4)]
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_recipe_is_copied_byte_for_byte(tmp_path, verify):
+    data, backend, sources = _source(tmp_path, 8192)
+    nb = _new_blob(data, RANGES, READS)
+    wb = _write(nb, sources, backend, tmp_path / "out", verify=verify)
+    blob = wb.path.read_bytes()
+    chunk_data = b"".join(data[o : o + n] for o, n in RANGES)
+    assert blob[: len(chunk_data)] == chunk_data
+    assert wb.sha256 == wb.info.blob_id == hashlib.sha256(blob).hexdigest() == wb.path.name
+    assert (wb.requests, wb.bytes_read) == (2, 2500 + 1096)
+    meta = read_blob_meta(wb.path, wb.info, len(blob))
+    assert meta.ci["compressed_offset"].tolist() == nb.chunks["compressed_offset"].tolist()
+    assert meta.ci["uncompressed_offset"].tolist() == nb.chunks["uncompressed_offset"].tolist()
+
+
+def test_upstream_ids_hash_the_chunk_data_only(tmp_path):
+    data, backend, sources = _source(tmp_path, 8192)
+    wb = _write(_new_blob(data, RANGES, READS), sources, backend, tmp_path / "out", whole_file_id=False)
+    chunk_data = b"".join(data[o : o + n] for o, n in RANGES)
+    assert wb.info.blob_id == hashlib.sha256(chunk_data).hexdigest() == wb.path.name
+    assert wb.sha256 == hashlib.sha256(wb.path.read_bytes()).hexdigest() != wb.info.blob_id
+
+
+def test_reads_longer_than_max_read_are_split_at_chunk_boundaries(tmp_path):
+    n = MAX_READ // (256 << 10) + 8  # 256 KiB chunks, 2 MiB more than one read may hold
+    size = n * (256 << 10)
+    data, backend, sources = _source(tmp_path, size)
+    ranges = [(i * (256 << 10), 256 << 10) for i in range(n)]
+    nb = _new_blob(data, ranges, [(0, size, 0, n)])
+    assert [(o, ln, f, c) for _, o, ln, f, c in split_reads(nb)] == [
+        (0, MAX_READ, 0, n - 8), (MAX_READ, size - MAX_READ, n - 8, 8),
+    ]  # fmt: skip
+    wb = _write(nb, sources, backend, tmp_path / "out")
+    blob = wb.path.read_bytes()
+    assert blob[:size] == data and wb.requests == 2
+    assert wb.info.blob_id == hashlib.sha256(blob).hexdigest()
+
+
+def test_verify_refuses_a_chunk_that_does_not_match_its_digest(tmp_path):
+    data, backend, sources = _source(tmp_path, 8192)
+    nb = _new_blob(data, RANGES, READS)
+    nb.chunks["digest"][4] = bytes(32)
+    with pytest.raises(ApplyError, match="chunk at compressed offset 3200: content does not match its digest"):
+        _write(nb, sources, backend, tmp_path / "out", verify=True)
+    assert list((tmp_path / "out").iterdir()) == []  # the temp file is gone
+
+
+def test_a_recipe_the_writer_would_lay_out_differently_is_refused(tmp_path):
+    data, backend, sources = _source(tmp_path, 8192)
+    nb = _new_blob(data, RANGES, READS)
+    nb.chunks["compressed_offset"][3] += 1
+    with pytest.raises(ApplyError, match=r"landed at \(3, 3000, 12288\), the plan's layout says \(3, 3001, 12288\)"):
+        _write(nb, sources, backend, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
