@@ -64,16 +64,20 @@ def unite(
                     f"another image's table says {blobs[j].compressed_size}"
                 )
             local[i] = j
-        chunks = bs.chunks.copy()
+        chunks = bs.chunks
         if len(chunks) and int(chunks["blob_index"].max()) >= len(local):
             raise PlanError(f"{name}: a chunk points past the blob table")
-        chunks["blob_index"] = local[chunks["blob_index"]] if len(chunks) else chunks["blob_index"]
+        if not np.array_equal(local, np.arange(len(local))):
+            # Only an image whose blobs moved in the union needs its own copy (a single image never does).
+            chunks = chunks.copy()
+            chunks["blob_index"] = local[chunks["blob_index"]]
         parts.append(chunks)
         maps.append(local)
         slices.append((start, start + len(chunks)))
         start += len(chunks)
     dict_facts = DictFacts.from_bootstrap(chunk_dict, observed) if chunk_dict is not None else None
-    facts = Facts(version=first.version, blobs=blobs, chunks=np.concatenate(parts), chunk_dict=dict_facts)
+    all_chunks = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    facts = Facts(version=first.version, blobs=blobs, chunks=all_chunks, chunk_dict=dict_facts)
     return Union(facts, slices, maps)
 
 
@@ -85,7 +89,7 @@ class ImageProjection:
 
 def project(union: Union, result: Layout, image: int) -> ImageProjection:
     start, end = union.slices[image]
-    chunks = result.chunks[start:end].copy()
+    chunks = result.relocated_chunks(start, end)
     used = set(np.unique(chunks["blob_index"]).tolist()) if len(chunks) else set()
     dict_ids = {b.blob_id for b in union.facts.chunk_dict.blobs} if union.facts.chunk_dict else set()
     keep = [e for e in result.table if e.new_index in used or e.blob_id in dict_ids]

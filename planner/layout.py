@@ -18,7 +18,7 @@ import numpy as np
 from rafs.compression import Compressor
 from rafs.digest import Digester
 from rafs.flags import BlobFeatures
-from rafs.model import LOCATION_FIELDS
+from rafs.model import CHUNK_DTYPE, LOCATION_FIELDS
 
 from .errors import ChunkLostError, PlanError
 from .facts import Facts
@@ -58,6 +58,9 @@ RECIPE_DTYPE = np.dtype(
         ("uncompressed_offset", "<u8"),
     ]
 )
+
+# The new location of every occurrence; the rest of its chunk record does not change.
+LOCATION_DTYPE = np.dtype([(name, CHUNK_DTYPE.fields[name][0]) for name in LOCATION_FIELDS])
 
 # Coalesced reads: chunks [first, first + count) of the recipe come from one contiguous range.
 READ_DTYPE = np.dtype(
@@ -102,7 +105,8 @@ class Layout:
     version: int
     table: list[TableEntry]  # the new blob table, in order
     new_blobs: list[NewBlob]  # in table order
-    chunks: np.ndarray  # CHUNK_DTYPE: every occurrence with its new location
+    source: np.ndarray  # CHUNK_DTYPE: the occurrences as they are (Facts.chunks, not a copy)
+    locations: np.ndarray  # LOCATION_DTYPE: where each occurrence points in the new table
     bytes_to_read: int
     bytes_to_write: int
     reads: int  # read requests after coalescing
@@ -111,13 +115,27 @@ class Layout:
     identical: bool  # the result equals the source (I3 "no changes")
     noop_reason: str | None = None
 
+    @property
+    def chunks(self) -> np.ndarray:
+        """CHUNK_DTYPE: every occurrence with its new location (a new array on each access)."""
+        return self.relocated_chunks(0, len(self.source))
+
+    def relocated_chunks(self, start: int, end: int) -> np.ndarray:
+        """Occurrences [start, end) with their new locations, without building the whole array."""
+        out = self.source[start:end].copy()
+        for name in LOCATION_FIELDS:
+            out[name] = self.locations[name][start:end]
+        return out
+
 
 def layout(facts: Facts, decisions: Decisions) -> Layout:
     if decisions.version != facts.version:
         raise PlanError(f"decisions are for RAFS v{decisions.version}, the source is v{facts.version}")
     if decisions.noop_reason is not None:
         return _unchanged(facts, decisions.noop_reason)
-    res = resolve(facts, decisions.flags)
+    res = decisions.resolution
+    if res is None or not res.fits(facts, decisions.flags):
+        res = resolve(facts, decisions.flags)
     _validate(res.ext, decisions)
 
     n_e = len(res.ext.blobs)
@@ -143,10 +161,10 @@ def layout(facts: Facts, decisions: Decisions) -> Layout:
     _check_nothing_lost(res, kept_new, group_of)
 
     new_blobs, alias = _recipes(facts, res, decisions, group_of, group_new)
-    chunks = _relocate(facts, res, kept_new, group_of, new_blobs, alias)
-    changed = np.zeros(len(chunks), dtype=bool)
-    for f in LOCATION_FIELDS:
-        changed |= chunks[f] != facts.chunks[f]
+    locations = _relocate(res, kept_new, group_of, new_blobs, alias)
+    changed = np.zeros(len(locations), dtype=bool)
+    for name in LOCATION_FIELDS:
+        changed |= locations[name] != facts.chunks[name]
     kept_ids = {e.blob_id for e in table if e.blob_id is not None}
     deletable = list(dict.fromkeys(b.blob_id for b in facts.blobs if b.blob_id not in kept_ids))
     source_ids = [b.blob_id for b in facts.blobs]
@@ -154,7 +172,8 @@ def layout(facts: Facts, decisions: Decisions) -> Layout:
         version=facts.version,
         table=table,
         new_blobs=new_blobs,
-        chunks=chunks,
+        source=facts.chunks,
+        locations=locations,
         bytes_to_read=sum(int(nb.reads["length"].sum()) for nb in new_blobs),
         bytes_to_write=sum(nb.compressed_size for nb in new_blobs),
         reads=sum(len(nb.reads) for nb in new_blobs),
@@ -167,7 +186,10 @@ def layout(facts: Facts, decisions: Decisions) -> Layout:
 def _unchanged(facts: Facts, reason: str) -> Layout:
     """A no-op: the source table and records stay as they are."""
     table = [TableEntry(i, i, None, b.blob_id) for i, b in enumerate(facts.blobs)]
-    return Layout(facts.version, table, [], facts.chunks.copy(), 0, 0, 0, 0, [], True, reason)
+    locations = np.empty(len(facts.chunks), dtype=LOCATION_DTYPE)
+    for name in LOCATION_FIELDS:
+        locations[name] = facts.chunks[name]
+    return Layout(facts.version, table, [], facts.chunks, locations, 0, 0, 0, 0, [], True, reason)
 
 
 def _validate(ext: Extended, decisions: Decisions) -> None:
@@ -363,36 +385,25 @@ def _check_limits(version: int, blob: NewBlob, cap: int | None) -> None:
 
 
 def _relocate(
-    facts: Facts,
-    res: Resolution,
-    kept_new: np.ndarray,
-    group_of: np.ndarray,
-    new_blobs: list[NewBlob],
-    alias: np.ndarray,
+    res: Resolution, kept_new: np.ndarray, group_of: np.ndarray, new_blobs: list[NewBlob], alias: np.ndarray
 ) -> np.ndarray:
     """Every occurrence moves with its home chunk: a kept blob's new index, or its winner's new slot."""
-    out = facts.chunks.copy()
+    out = np.empty(len(res.home_blob), dtype=LOCATION_DTYPE)  # _check_nothing_lost: every row is set below
     kept = np.flatnonzero(kept_new[res.home_blob] >= 0)
     out["blob_index"][kept] = kept_new[res.home_blob[kept]]
     out["index"][kept] = res.home_index[kept]
     out["compressed_offset"][kept] = res.home_coff[kept]
     out["uncompressed_offset"][kept] = res.home_uoff[kept]
 
-    n = len(out)
-    slot_blob = np.zeros(n, dtype=np.uint32)
-    slot_index = np.zeros(n, dtype=np.uint32)
-    slot_coff = np.zeros(n, dtype=np.uint64)
-    slot_uoff = np.zeros(n, dtype=np.uint64)
-    for nb in new_blobs:
-        occ = nb.chunks["occurrence"].astype(np.int64)
-        slot_blob[occ] = nb.new_index
-        slot_index[occ] = nb.chunks["index"]
-        slot_coff[occ] = nb.chunks["compressed_offset"]
-        slot_uoff[occ] = nb.chunks["uncompressed_offset"]
     moved = np.flatnonzero(group_of[res.home_blob] >= 0)
-    w = alias[res.winner[moved]]  # never -1: dict blobs cannot be in a group
-    out["blob_index"][moved] = slot_blob[w]
-    out["index"][moved] = slot_index[w]
-    out["compressed_offset"][moved] = slot_coff[w]
-    out["uncompressed_offset"][moved] = slot_uoff[w]
+    if new_blobs:
+        # The new slot of every winner a group copies, looked up by its occurrence position.
+        occ = np.concatenate([nb.chunks["occurrence"] for nb in new_blobs])
+        slots = np.empty(len(occ), dtype=LOCATION_DTYPE)
+        slots["blob_index"] = np.repeat([nb.new_index for nb in new_blobs], [nb.chunk_count for nb in new_blobs])
+        for name in ("index", "compressed_offset", "uncompressed_offset"):
+            slots[name] = np.concatenate([nb.chunks[name] for nb in new_blobs])
+        by_occ = np.argsort(occ)
+        w = alias[res.winner[moved]]  # never -1: dict blobs cannot be in a group
+        out[moved] = slots[by_occ[np.searchsorted(occ, w, sorter=by_occ)]]
     return out

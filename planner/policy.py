@@ -11,11 +11,12 @@ whenever R is well defined, and would otherwise mix a kept blob's index with a n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from rafs.flags import BlobFeatures
+from rafs.model import CHUNK_DTYPE
 
 from .config import CompactConfig
 from .errors import PlanError
@@ -74,6 +75,9 @@ class Decisions:
     groups: tuple[MergeGroup, ...]  # in target order, i.e. new-table order
     candidates: tuple[Candidate, ...]  # merge candidates in sorted order, for audit
     noop_reason: str | None = None
+    # What ``decide`` resolved, so that ``layout`` need not resolve the same facts again.
+    # Not part of the decisions proper: hand-edited or re-read decisions come without it.
+    resolution: Resolution | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -90,6 +94,8 @@ class Extended:
 class Resolution:
     """Where every occurrence points after the dict redirect and the dedup (§1.5)."""
 
+    facts: Facts  # what was resolved: the result belongs to this very object
+    v6_key: str  # the only flag the resolution depends on
     ext: Extended
     home_blob: np.ndarray  # E index
     home_index: np.ndarray
@@ -97,6 +103,9 @@ class Resolution:
     home_uoff: np.ndarray
     winner: np.ndarray  # position of the occurrence whose chunk it uses; -1 if homed in a dict blob
     winners: np.ndarray  # ascending positions of the winning occurrences (one per key)
+
+    def fits(self, facts: Facts, flags: Flags) -> bool:
+        return self.facts is facts and self.v6_key == flags.v6_key
 
 
 def extend(facts: Facts) -> Extended:
@@ -122,8 +131,14 @@ def extend(facts: Facts) -> Extended:
 
 
 def digest_columns(chunks: np.ndarray) -> list[np.ndarray]:
-    """The 32-byte digests as four big-endian u64 columns (byte order = numeric order)."""
-    words = np.ascontiguousarray(chunks["block_id"]).view(">u8").reshape(-1, 4)
+    """The 32-byte digests as four big-endian u64 columns (byte order = numeric order).
+
+    The columns are strided views into ``chunks`` (a copy only if it is not contiguous): a million
+    occurrences would otherwise cost 32 MB per call.
+    """
+    rows = np.ascontiguousarray(chunks).view(np.uint8).reshape(len(chunks), CHUNK_DTYPE.itemsize)
+    start = CHUNK_DTYPE.fields["block_id"][1]
+    words = rows[:, start : start + 32].view(">u8")
     return [words[:, k] for k in range(4)]
 
 
@@ -132,27 +147,38 @@ def first_equal(columns: list[np.ndarray]) -> np.ndarray:
     n = len(columns[0])
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    order = np.lexsort(columns[::-1])  # stable: equal keys stay in position order
-    starts = np.zeros(n, dtype=bool)
-    starts[0] = True
-    for c in columns:
-        s = c[order]
-        starts[1:] |= s[1:] != s[:-1]
-    group = np.cumsum(starts) - 1
+    # Sorting by the leading column alone (stable: equal keys stay in position order) is enough
+    # when rows that tie on it tie on every column, as digests that share their first 8 bytes do.
+    order = np.argsort(columns[0], kind="stable")
+    same = _same_as_previous(columns[0], order)
+    for c in columns[1:]:
+        if np.any(same & ~_same_as_previous(c, order)):
+            order = np.lexsort(columns[::-1])
+            same = np.logical_and.reduce([_same_as_previous(c, order) for c in columns])
+            break
+    starts = np.flatnonzero(np.concatenate(([True], ~same)))  # runs of one key, in sorted order
     first = np.empty(n, dtype=np.int64)
-    first[order] = order[np.flatnonzero(starts)][group]
+    first[order] = np.repeat(order[starts], np.diff(starts, append=n))
     return first
+
+
+def _same_as_previous(column: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Per sorted row after the first: does it equal the row before it?"""
+    s = column[order]
+    return s[1:] == s[:-1]
 
 
 def resolve(facts: Facts, flags: Flags) -> Resolution:
     """Apply §1.5 to all occurrences at once: dict redirects (F1, F2) and first-seen winners per key."""
     ext = extend(facts)
     ch = facts.chunks
-    blob = ch["blob_index"].astype(np.int64)
-    outside = np.flatnonzero(blob >= ext.n_source)
+    outside = np.flatnonzero(ch["blob_index"] >= ext.n_source)
     if outside.size:
         o = int(outside[0])
-        raise PlanError(f"occurrence {o}: blob_index {blob[o]} is outside the blob table ({ext.n_source} blobs)")
+        raise PlanError(
+            f"occurrence {o}: blob_index {ch['blob_index'][o]} is outside the blob table ({ext.n_source} blobs)"
+        )
+    blob = ch["blob_index"].astype(np.int16)  # E has at most MAX_EXTENDED_BLOBS blobs
     home_blob = blob.copy()
     home_index = ch["index"].copy()
     home_coff = ch["compressed_offset"].copy()
@@ -173,21 +199,31 @@ def resolve(facts: Facts, flags: Flags) -> Resolution:
 
     contenders = np.flatnonzero(processed & ~hit)
     if facts.version == 6 and flags.v6_key == "offset":
-        keys = [blob[contenders], ch["compressed_offset"][contenders]]
+        keys = _location_keys(blob, ch["compressed_offset"])
     else:
-        keys = [c[contenders] for c in digests]
-    first = contenders[first_equal(keys)]
+        keys = digests
+    if len(contenders) < len(ch):
+        keys = [c[contenders] for c in keys]
     winner = np.full(len(ch), -1, dtype=np.int64)
-    winner[contenders] = first
-    followers = contenders[first != contenders]
+    winner[contenders] = contenders[first_equal(keys)]
+    del keys, digests
+    won = winner[contenders] == contenders
+    followers = contenders[~won]
     w = winner[followers]
     _require_same_sizes(ch, followers, ch, w, "its first occurrence")
     home_blob[followers] = blob[w]
     home_index[followers] = home_index[w]
     home_coff[followers] = home_coff[w]
     home_uoff[followers] = home_uoff[w]
-    winners = contenders[first == contenders]
-    return Resolution(ext, home_blob, home_index, home_coff, home_uoff, winner, winners)
+    winners = contenders[won]
+    return Resolution(facts, flags.v6_key, ext, home_blob, home_index, home_coff, home_uoff, winner, winners)
+
+
+def _location_keys(blob: np.ndarray, coff: np.ndarray) -> list[np.ndarray]:
+    """v6 offset keys (blob, compressed offset), packed in one column when the offsets allow."""
+    if len(coff) and int(coff.max()) >= 1 << 56:
+        return [blob, coff]
+    return [(blob.astype(np.uint64) << np.uint64(56)) | coff]
 
 
 def _dict_hits(
@@ -221,14 +257,14 @@ def _dict_hits(
 
 def _require_same_sizes(ch: np.ndarray, pos: np.ndarray, src: np.ndarray, src_pos: np.ndarray, what: str) -> None:
     """A redirect keeps the occurrence's sizes, so they must equal those of the chunk it now uses."""
-    for field in ("compressed_size", "uncompressed_size"):
-        bad = np.flatnonzero(ch[field][pos] != src[field][src_pos])
+    for name in ("compressed_size", "uncompressed_size"):
+        bad = np.flatnonzero(ch[name][pos] != src[name][src_pos])
         if bad.size:
             k = int(bad[0])
             o = int(pos[k])
             raise PlanError(
-                f"chunk {bytes(ch['block_id'][o]).hex()}: different {field.replace('_', ' ')}: "
-                f"occurrence {o} has {int(ch[field][o])}, {what} has {int(src[field][src_pos[k]])}"
+                f"chunk {bytes(ch['block_id'][o]).hex()}: different {name.replace('_', ' ')}: "
+                f"occurrence {o} has {int(ch[name][o])}, {what} has {int(src[name][src_pos[k]])}"
             )
 
 
@@ -273,7 +309,7 @@ def decide(facts: Facts, cfg: CompactConfig, flags: Flags) -> Decisions:
         noop = "the new blob table would be empty"
     elif flags.i3_report_no_changes and _unchanged(facts, res, blobs):
         noop = "no changes"
-    return Decisions(facts.version, flags, tuple(blobs), tuple(groups), tuple(candidates), noop)
+    return Decisions(facts.version, flags, tuple(blobs), tuple(groups), tuple(candidates), noop, res)
 
 
 def _initial_state(

@@ -13,6 +13,8 @@ import stat
 import struct
 from pathlib import Path
 
+import numpy as np
+
 from .errors import RafsFormatError
 from .model import Bootstrap
 
@@ -28,7 +30,7 @@ _U32 = struct.Struct("<I")
 _V5_HEAD = struct.Struct("<II")
 
 
-def detect_version(data: bytes | memoryview) -> int | None:
+def detect_version(data: bytes | bytearray | memoryview | np.ndarray) -> int | None:
     """5 or 6 by the superblock magic, None if neither (``data`` needs >= 1028 bytes to say 6)."""
     if len(data) >= _V5_HEAD.size and _V5_HEAD.unpack_from(data, 0) == (RAFS_V5_MAGIC, RAFS_V5_VERSION):
         return 5
@@ -37,7 +39,7 @@ def detect_version(data: bytes | memoryview) -> int | None:
     return None
 
 
-def parse_bootstrap(data: bytes, path: str = "<memory>") -> Bootstrap:
+def parse_bootstrap(data: bytes | bytearray | memoryview, path: str = "<memory>") -> Bootstrap:
     """Parse a bootstrap held in memory; ``path`` only names it in errors."""
     _check_size(len(data), path)
     version = detect_version(data)
@@ -57,7 +59,13 @@ def load_bootstrap(path: str | Path) -> Bootstrap:
 
     A file that cannot be opened raises OSError; anything wrong with its bytes RafsFormatError.
     """
-    return parse_bootstrap(_read_bootstrap(path), str(path))
+    buf = _read_bootstrap(path)
+    if detect_version(buf) == 5:
+        from . import v5
+
+        # The file's buffer becomes the chunk array: a big v5 bootstrap is not held twice.
+        return v5.load_owned(buf, str(path))
+    return parse_bootstrap(memoryview(buf), str(path))
 
 
 def bootstrap_sha256(path: str | Path) -> str:
@@ -92,12 +100,14 @@ def _open_regular(path: str | Path) -> int:
     return fd
 
 
-def _read_bootstrap(path: str | Path) -> bytes:
+def _read_bootstrap(path: str | Path) -> np.ndarray:
+    """The whole file as a uint8 array (which, unlike bytes, can be shrunk in place)."""
     fd = _open_regular(path)
     with os.fdopen(fd, "rb") as fp:
         size = os.fstat(fd).st_size
         _check_size(size, str(path))
-        data = fp.read(size + 1)
-    if len(data) != size:
-        raise RafsFormatError(str(path), f"file changed size while being read ({size} -> {len(data)}+ bytes)")
-    return data
+        buf = np.empty(size, dtype=np.uint8)
+        got = fp.readinto(buf) + len(fp.read(1))
+    if got != size:
+        raise RafsFormatError(str(path), f"file changed size while being read ({size} -> {got}+ bytes)")
+    return buf

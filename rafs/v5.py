@@ -9,9 +9,10 @@ renumbered from the tree, inode numbers, link counts and digests are recomputed.
 
 from __future__ import annotations
 
+import itertools
 import stat
 import struct
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass
 from typing import NoReturn
 
 import numpy as np
@@ -93,46 +94,46 @@ class SuperBlock:
 
 @dataclass(slots=True)
 class _Record:
-    """One parsed RafsV5Inode plus where its trailing data lives."""
+    """Where the parts of one RafsV5Inode live; its fields are already in its Node."""
 
+    node: Node
     offset: int
-    i_digest: bytes
-    i_parent: int
+    end: int
     i_ino: int
-    i_uid: int
-    i_gid: int
-    i_mode: int
-    i_size: int
-    i_flags: int
-    i_nlink: int
     i_child_index: int
     i_child_count: int
-    i_rdev: int
-    i_mtime_nsec: int
-    i_mtime: int
-    name: bytes
-    symlink: bytes | None
     xattr_offset: int  # start of the pairs, -1 without an xattr block
     xattr_size: int
     chunk_offset: int
-    end: int
-    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
 # Reader
 
 
-def load(data: bytes, path: str) -> Bootstrap:
+def load(data: bytes | bytearray | memoryview, path: str) -> Bootstrap:
     """Parse a RAFS v5 bootstrap held in memory; ``path`` only names the file in errors."""
-    return _Reader(bytes(data), str(path)).load()
+    return _Reader(memoryview(data), str(path)).load()
+
+
+def load_owned(buf: np.ndarray, path: str) -> Bootstrap:
+    """``load`` for a whole file read into a uint8 array that the caller gives up.
+
+    The chunk records are moved to the front of ``buf`` and ``buf`` is shrunk to them: a big
+    bootstrap is then never held twice (file and chunk array) while it is parsed. ``buf`` must
+    own its memory and nothing else may refer to it.
+    """
+    if buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags.owndata or not buf.flags.c_contiguous:
+        raise ValueError("load_owned needs a contiguous 1-d uint8 array that owns its memory")
+    return _Reader(memoryview(buf), str(path), owned=buf).load()
 
 
 class _Reader:
-    def __init__(self, data: bytes, path: str):
+    def __init__(self, data: memoryview, path: str, owned: np.ndarray | None = None):
         self.data = data
         self.path = path
         self.size = len(data)
+        self.owned = owned
 
     def fail(self, check: str, offset: int | None = None) -> NoReturn:
         raise RafsFormatError(self.path, check, offset)
@@ -142,8 +143,13 @@ class _Reader:
         blobs = self._blobs(sb)
         records = self._records(sb)
         order, parent_of = self._walk(records)
-        position = {index: pos for pos, index in enumerate(order)}
-        nodes, chunks = self._nodes(records, order, parent_of, position)
+        position = [0] * (len(records) + 1)
+        for pos, index in enumerate(order):
+            position[index] = pos
+        nodes, spans = self._nodes(records, order, parent_of, position)
+        del records
+        prefetch = self._prefetch(sb, position)
+        chunks = self._chunks(spans)
         if len(chunks) and int(chunks["blob_index"].max()) >= len(blobs):
             self.fail("chunk blob_index beyond the blob table")
         return Bootstrap(
@@ -153,8 +159,11 @@ class _Reader:
             blobs=blobs,
             nodes=nodes,
             chunks=chunks,
-            prefetch=self._prefetch(sb, position),
+            prefetch=prefetch,
         )
+
+    def _bytes(self, start: int, end: int) -> bytes:
+        return bytes(self.data[start:end])
 
     # §11.1, §11.2
     def _superblock(self) -> SuperBlock:
@@ -192,7 +201,6 @@ class _Reader:
             pre = self._range("prefetch table", sb.s_prefetch_table_offset, 4 * sb.s_prefetch_table_entries, 40)
             self._disjoint("prefetch table", pre, tables)
         return sb
-
     def _range(self, what: str, offset: int, size: int, field_offset: int) -> tuple[int, int]:
         if offset % 8:
             self.fail(f"{what} offset not 8-aligned", field_offset)
@@ -216,7 +224,7 @@ class _Reader:
                     self.fail("invalid blob feature flags", off + 4)
                 ext.append((chunk_count, features, usize, csize))
         start = sb.s_blob_table_offset
-        table = self.data[start : start + sb.s_blob_table_size]
+        table = self._bytes(start, start + sb.s_blob_table_size)
         compressor = compressor_from_flags(sb.s_flags)
         digester = digester_from_flags(sb.s_flags)
         blobs: list[BlobInfo] = []
@@ -264,7 +272,7 @@ class _Reader:
         self._no_overlap(records)
         for rec in records:
             if rec.xattr_offset >= 0:
-                rec.xattrs = self._xattrs(rec)
+                rec.node.xattrs = self._xattrs(rec)
         return records
 
     def _record(self, sb: SuperBlock, index: int, value: int) -> _Record:
@@ -327,11 +335,11 @@ class _Reader:
             self.fail(f"inode {index}: {problem}", off)
 
         pos = off + INODE.size
-        name = self.data[pos : pos + i_name_size]
+        name = self._bytes(pos, pos + i_name_size)
         pos += align8(i_name_size)
         symlink = None
         if i_symlink_size:
-            symlink = self.data[pos : pos + i_symlink_size]
+            symlink = self._bytes(pos, pos + i_symlink_size)
             pos += align8(i_symlink_size)
         xattr_offset, xattr_size = -1, 0
         if i_flags & InodeFlags.XATTR:
@@ -350,29 +358,22 @@ class _Reader:
                 raise UnsupportedLayoutError(self.path, "unsupported layout: root name is not '/'", off)
         elif b"/" in name or b"\0" in name or name in (b".", b".."):
             self.fail(f"inode {index}: invalid name", off)
-        return _Record(
-            offset=off,
-            i_digest=i_digest,
-            i_parent=i_parent,
-            i_ino=i_ino,
-            i_uid=i_uid,
-            i_gid=i_gid,
-            i_mode=i_mode,
-            i_size=i_size,
-            i_flags=i_flags,
-            i_nlink=i_nlink,
-            i_child_index=i_child_index,
-            i_child_count=i_child_count,
-            i_rdev=i_rdev,
-            i_mtime_nsec=i_mtime_nsec,
-            i_mtime=i_mtime,
+        node = Node(
             name=name,
+            path=b"",
+            mode=i_mode,
+            uid=i_uid,
+            gid=i_gid,
+            mtime=i_mtime,
+            mtime_nsec=i_mtime_nsec,
+            size=i_size,
+            rdev=i_rdev,
+            nlink=i_nlink,
             symlink=symlink,
-            xattr_offset=xattr_offset,
-            xattr_size=xattr_size,
-            chunk_offset=chunk_offset,
-            end=pos,
+            digest=i_digest,
+            v5_flags=i_flags,
         )
+        return _Record(node, off, pos, i_ino, i_child_index, i_child_count, xattr_offset, xattr_size, chunk_offset)
 
     def _no_overlap(self, records: list[_Record]) -> None:
         starts = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
@@ -393,7 +394,7 @@ class _Reader:
             pos += U32.size
             if pos + pair_size > end:
                 self.fail("xattr pair beyond its block", pos)
-            pair = self.data[pos : pos + pair_size]
+            pair = self._bytes(pos, pos + pair_size)
             pos += pair_size
             key, nul, value = pair.partition(b"\0")
             if nul:  # nydusd's parse_xattr skips a pair without a NUL
@@ -408,7 +409,7 @@ class _Reader:
         while stack:
             index = stack.pop()
             rec = records[index - 1]
-            if not stat.S_ISDIR(rec.i_mode) or rec.i_child_count == 0:
+            if not rec.node.is_dir or rec.i_child_count == 0:
                 continue
             first = rec.i_child_index
             kids = range(first, first + rec.i_child_count)
@@ -419,11 +420,11 @@ class _Reader:
                     self.fail(f"inode {k} reachable twice", records[k - 1].offset)
                 parent_of[k] = index
                 order.append(k)
-                child = records[k - 1]
+                child = records[k - 1].node
                 if prev is not None and child.name <= prev:
-                    self.fail(f"children of inode {index} not sorted by name", child.offset)
+                    self.fail(f"children of inode {index} not sorted by name", records[k - 1].offset)
                 prev = child.name
-                if stat.S_ISDIR(child.i_mode):
+                if child.is_dir:
                     subdirs.append(k)
             stack.extend(reversed(subdirs))
         if len(order) != len(records):
@@ -432,54 +433,56 @@ class _Reader:
         return order, parent_of
 
     def _nodes(
-        self, records: list[_Record], order: list[int], parent_of: dict[int, int], position: dict[int, int]
-    ) -> tuple[list[Node], np.ndarray]:
-        regular = [records[i - 1] for i in order if stat.S_ISREG(records[i - 1].i_mode)]
-        buf = bytearray(CHUNK_SIZE * sum(r.i_child_count for r in regular))
-        view = memoryview(self.data)
-        filled = 0
+        self, records: list[_Record], order: list[int], parent_of: dict[int, int], position: list[int]
+    ) -> tuple[list[Node], list[tuple[int, int]]]:
+        """The nodes in tree order, and (file offset, byte count) of each regular file's chunk records."""
+        spans: list[tuple[int, int]] = []
+        chunk_total = 0
         first_of_ino: dict[int, int] = {}
         nodes: list[Node] = []
         for pos, index in enumerate(order):
             rec = records[index - 1]
+            node = rec.node
             if index == ROOT_INDEX:
-                parent, path = -1, b"/"
+                node.path = b"/"
             else:
-                parent = position[parent_of[index]]
+                node.parent = parent = position[parent_of[index]]
                 parent_path = nodes[parent].path
-                path = (b"" if parent_path == b"/" else parent_path) + b"/" + rec.name
-            node = Node(
-                name=rec.name,
-                path=path,
-                mode=rec.i_mode,
-                uid=rec.i_uid,
-                gid=rec.i_gid,
-                mtime=rec.i_mtime,
-                mtime_nsec=rec.i_mtime_nsec,
-                size=rec.i_size,
-                rdev=rec.i_rdev,
-                nlink=rec.i_nlink,
-                symlink=rec.symlink,
-                xattrs=rec.xattrs,
-                digest=rec.i_digest,
-                parent=parent,
-                link=pos,
-                v5_flags=rec.i_flags,
-            )
-            if stat.S_ISREG(rec.i_mode):
-                node.link = first_of_ino.setdefault(rec.i_ino, pos)
-                nbytes = CHUNK_SIZE * rec.i_child_count
-                buf[filled : filled + nbytes] = view[rec.chunk_offset : rec.chunk_offset + nbytes]
-                node.chunk_start = filled // CHUNK_SIZE
-                node.chunk_count = rec.i_child_count
-                filled += nbytes
-            if parent >= 0:
+                node.path = (b"" if parent_path == b"/" else parent_path) + b"/" + node.name
                 nodes[parent].children.append(pos)
+            node.link = pos
+            if node.is_reg:
+                node.link = first_of_ino.setdefault(rec.i_ino, pos)
+                node.chunk_start = chunk_total
+                node.chunk_count = rec.i_child_count
+                chunk_total += rec.i_child_count
+                spans.append((rec.chunk_offset, CHUNK_SIZE * rec.i_child_count))
             nodes.append(node)
-        return nodes, np.frombuffer(buf, dtype=CHUNK_DTYPE)
+        return nodes, spans
+
+    def _chunks(self, spans: list[tuple[int, int]]) -> np.ndarray:
+        """The chunk records of ``spans`` back to back, as one array.
+
+        An owned buffer whose spans rise through the file (as the builder writes them) is
+        compacted in place: each span moves down, never over a span still to be moved.
+        """
+        spans = [(offset, size) for offset, size in spans if size]
+        total = sum(size for _, size in spans)
+        src = self.data
+        in_place = self.owned is not None and all(a[0] < b[0] for a, b in itertools.pairwise(spans))
+        out = self.owned if in_place else np.empty(total, dtype=np.uint8)
+        with memoryview(out) as dst:
+            filled = 0
+            for offset, size in spans:
+                dst[filled : filled + size] = src[offset : offset + size]
+                filled += size
+        src.release()  # any view of the file still alive would be a bug: this raises then
+        if in_place:
+            out.resize(total, refcheck=False)  # nothing else refers to it (load_owned's contract)
+        return out.view(CHUNK_DTYPE)
 
     # §4: inode numbers, nydusd stops at the first 0.
-    def _prefetch(self, sb: SuperBlock, position: dict[int, int]) -> list[int | None]:
+    def _prefetch(self, sb: SuperBlock, position: list[int]) -> list[int | None]:
         count = sb.s_prefetch_table_entries
         if count == 0:
             return []
@@ -498,8 +501,11 @@ class _Reader:
 # Writer
 
 
-def dump(bs: Bootstrap) -> bytes:
-    """Serialise ``bs`` as nydus-image 2.2 writes a v5 bootstrap (rafs-v5.md §12)."""
+def dump(bs: Bootstrap) -> bytearray:
+    """Serialise ``bs`` as nydus-image 2.2 writes a v5 bootstrap (rafs-v5.md §12).
+
+    The result is built in place in one buffer of the file's size, so it is never held twice.
+    """
     return _Writer(bs).dump()
 
 
@@ -541,7 +547,7 @@ class _Writer:
         self.ino = [0] * n
         self.order: list[int] = []  # node positions in record index order
 
-    def dump(self) -> bytes:
+    def dump(self) -> bytearray:
         bs = self.bs
         self.prepare()
         digests = self.digests()
@@ -549,24 +555,24 @@ class _Writer:
         prefetch = _pad8(struct.pack(f"<{len(prefetch_inos)}I", *prefetch_inos))
         blob_table, ext_table = self._blob_tables()
 
-        records = []
+        # Record heads first; each regular file's chunk records follow its head in the file.
+        heads = []
         has_xattr = False
         for pos in self.order:
-            record = self._record(pos, digests[pos])
+            heads.append(self._record_head(pos, digests[pos]))
             has_xattr |= bool(self.nodes[pos].xattrs)
-            records.append(record)
 
-        entries = len(records)
+        entries = len(heads)
         itable_size = align8(4 * entries)
         prefetch_off = SUPERBLOCK_SIZE + itable_size
         blob_off = prefetch_off + len(prefetch)
         ext_off = blob_off + len(blob_table)
         offsets = []
-        pos = ext_off + len(ext_table)
-        for record in records:
-            offsets.append(pos)
-            pos += len(record)
-        if pos > MAX_FILE_SIZE:
+        end = ext_off + len(ext_table)
+        for pos, head in zip(self.order, heads):
+            offsets.append(end)
+            end += len(head) + CHUNK_SIZE * self._chunk_count(pos)
+        if end > MAX_FILE_SIZE:
             _model_error("bootstrap would exceed 2 GiB")
         inode_table = _pad8((np.asarray(offsets, dtype=np.int64) >> 3).astype("<u4").tobytes())
 
@@ -589,7 +595,25 @@ class _Writer:
             s_extended_blob_table_entries=len(bs.blobs),
             s_extended_blob_table_offset=ext_off,
         )
-        return b"".join([sb.pack(), inode_table, prefetch, blob_table, ext_table, *records])
+        out = bytearray(end)
+        at = 0
+        for part in (sb.pack(), inode_table, prefetch, blob_table, ext_table):
+            out[at : at + len(part)] = part
+            at += len(part)
+        records = memoryview(np.ascontiguousarray(bs.chunks).view(np.uint8))
+        for pos, head, at in zip(self.order, heads, offsets):
+            out[at : at + len(head)] = head
+            count = self._chunk_count(pos)
+            if count:
+                start = CHUNK_SIZE * self.nodes[pos].chunk_start
+                at += len(head)
+                out[at : at + CHUNK_SIZE * count] = records[start : start + CHUNK_SIZE * count]
+        return out
+
+    def _chunk_count(self, pos: int) -> int:
+        """Chunk records in the record of node ``pos`` (only regular files carry them)."""
+        node = self.nodes[pos]
+        return node.chunk_count if node.is_reg else 0
 
     def prepare(self) -> None:
         """Number the records and check what digests and records are computed from."""
@@ -728,7 +752,8 @@ class _Writer:
                 _model_error(f"blob {blob.blob_id!r}: invalid feature flags {blob.features:#x}")
         return _pad8(b"\0".join(entries)), b"".join(ext)
 
-    def _record(self, pos: int, node_digest: bytes) -> bytes:
+    def _record_head(self, pos: int, node_digest: bytes) -> bytes:
+        """RafsV5Inode, name, symlink target and xattr block: the record up to its chunks."""
         node = self.nodes[pos]
         if pos == 0:
             name = b"/"
@@ -752,9 +777,6 @@ class _Writer:
         if xattrs:
             flags |= InodeFlags.XATTR
         is_dir = node.is_dir
-        chunks = b""
-        if node.is_reg:
-            chunks = self.bs.chunks[node.chunk_start : node.chunk_start + node.chunk_count].tobytes()
         parent = 0 if pos == 0 else self.ino[self.parent[pos]]
         try:
             header = INODE.pack(
@@ -780,4 +802,4 @@ class _Writer:
             )
         except struct.error as exc:
             _model_error(f"{node.path!r}: field out of range: {exc}")
-        return b"".join((header, _pad8(name), _pad8(symlink), xattrs, chunks))
+        return b"".join((header, _pad8(name), _pad8(symlink), xattrs))

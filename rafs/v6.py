@@ -124,20 +124,20 @@ class _Inode:
     data_offset: int  # first byte after inode + xattrs
 
 
-def load(data: bytes, path: str) -> Bootstrap:
+def load(data: bytes | bytearray | memoryview | np.ndarray, path: str) -> Bootstrap:
     """Parse and fully validate a RAFS v6 bootstrap held in memory (``path`` names it in errors)."""
-    return _Reader(data, str(path)).load()
+    return _Reader(memoryview(data), str(path)).load()
 
 
-def node_nids(data: bytes, path: str) -> list[int]:
+def node_nids(data: bytes | bytearray | memoryview | np.ndarray, path: str) -> list[int]:
     """The nid of every node of ``load(data, path).nodes``, in the same order (hard links share one)."""
-    reader = _Reader(data, str(path))
+    reader = _Reader(memoryview(data), str(path))
     reader.load()
     return reader.nids
 
 
 class _Reader:
-    def __init__(self, data: bytes, path: str):
+    def __init__(self, data: memoryview, path: str):
         self.data = data
         self.path = path
         self.size = len(data)
@@ -157,6 +157,8 @@ class _Reader:
         self.blobs = self._blob_table()
         self.table = self._chunk_table()
         nodes, self.nids, addrs, owners = self._walk()
+        self._inodes.clear()
+        self._symlinks.clear()
         chunks = self._join_chunks(addrs, owners)
         prefetch = self._prefetch(self.nids)
         quirks = frozenset()
@@ -290,7 +292,8 @@ class _Reader:
         return blobs
 
     def _chunk_table(self) -> np.ndarray:
-        return np.frombuffer(self.data, dtype=CHUNK_DTYPE, count=self.ct_size // 80, offset=self.ct_off).copy()
+        """A view of the file: chunks are gathered from it, so it is never copied whole."""
+        return np.frombuffer(self.data, dtype=CHUNK_DTYPE, count=self.ct_size // 80, offset=self.ct_off)
 
     def _prefetch(self, nids: list[int]) -> list[int | None]:
         if not self.pf_size:
@@ -360,8 +363,8 @@ class _Reader:
             prefix = _XATTR_PREFIXES.get(index)
             if prefix is None:
                 raise self.fail(f"§15.12 unknown xattr prefix index {index}", pos)
-            name = self.data[pos + 4 : pos + 4 + name_len]
-            value = self.data[pos + 4 + name_len : pos + 4 + name_len + value_size]
+            name = bytes(self.data[pos + 4 : pos + 4 + name_len])
+            value = bytes(self.data[pos + 4 + name_len : pos + 4 + name_len + value_size])
             out.append((prefix + name, value))
             pos += _align(4 + name_len + value_size, 4)
         return out
@@ -377,14 +380,14 @@ class _Reader:
         body_len = min(size, full * BLOCK)
         if start + body_len > self.size:
             raise self.fail("flat data blocks outside the file", ino.offset)
-        body = self.data[start : start + body_len]
+        body = bytes(self.data[start : start + body_len])
         tail = size - body_len
         if not tail:
             return body
         pos = ino.data_offset
         if pos % BLOCK + tail > BLOCK or pos + tail > self.size:
             raise self.fail("inline tail crosses a block boundary or the file end", ino.offset)
-        return body + self.data[pos : pos + tail]
+        return body + bytes(self.data[pos : pos + tail])
 
     def _dirents(self, ino: _Inode) -> list[tuple[bytes, int]]:
         self._dir_bytes += ino.size
@@ -516,32 +519,33 @@ class _Reader:
         total = int(counts.sum())
         if total == 0:
             return empty_chunks()
+        ends = np.cumsum(counts)
+
+        def owner(i: int) -> int:
+            return owners[int(np.searchsorted(ends, i, side="right"))]
+
         # Chunk address arrays are 8-aligned in a file whose size is a 4096 multiple.
         file_addrs = np.frombuffer(self.data, dtype=CHUNK_ADDR_DTYPE)
         all_addrs = file_addrs[_gather_index([(start // 8, count) for start, count in addrs])]
-        owner_of = np.repeat(np.arange(len(addrs)), counts)
-        device = (all_addrs["hi"] & 0xFF).astype(np.int64)
-        ci_index = ((all_addrs["hi"].astype(np.uint64) >> np.uint64(8)) << np.uint64(16)) | all_addrs["lo"]
-        bad = np.flatnonzero((device < 1) | (device > len(self.blobs)))
+        del file_addrs
+        blob_index = (all_addrs["hi"] & 0xFF).astype(np.int16) - 1  # device id - 1
+        ci_index = ((all_addrs["hi"] >> 8).astype(np.uint32) << 16) | all_addrs["lo"]
+        bad = np.flatnonzero((blob_index < 0) | (blob_index >= len(self.blobs)))
         if len(bad):
-            raise self.fail(f"§15.13 chunk address with device id {int(device[bad[0]])}", owners[owner_of[bad[0]]])
-        blob_index = device - 1
-        chunk_counts = np.array([b.chunk_count for b in self.blobs], dtype=np.uint64)
+            raise self.fail(f"§15.13 chunk address with device id {int(blob_index[bad[0]]) + 1}", owner(bad[0]))
+        chunk_counts = np.array([b.chunk_count for b in self.blobs], dtype=np.uint32)
         bad = np.flatnonzero(ci_index >= chunk_counts[blob_index])
         if len(bad):
-            raise self.fail("§15.13 chunk address ci index beyond its blob's chunk_count", owners[owner_of[bad[0]]])
-        keys = (blob_index.astype(np.uint64) << np.uint64(56)) | (ci_index << np.uint64(32)) | all_addrs["blk"]
+            raise self.fail("§15.13 chunk address ci index beyond its blob's chunk_count", owner(bad[0]))
+        keys = _address_keys(blob_index, ci_index, all_addrs["blk"])
+        del blob_index, ci_index
 
         table = self.table
         t_uoff = table["uncompressed_offset"]
         usable = (table["blob_index"] < 256) & (table["index"] < MAX_CI_INDEX) & (t_uoff % BLOCK == 0)
         usable &= t_uoff < np.uint64(BLOCK << 32)
         rows = np.flatnonzero(usable)
-        t_keys = (
-            (table["blob_index"][rows].astype(np.uint64) << np.uint64(56))
-            | (table["index"][rows].astype(np.uint64) << np.uint64(32))
-            | (t_uoff[rows] // np.uint64(BLOCK))
-        )
+        t_keys = _address_keys(table["blob_index"][rows], table["index"][rows], t_uoff[rows] // np.uint64(BLOCK))
         order = np.argsort(t_keys, kind="stable")
         sorted_keys = t_keys[order]
         # nydusd's chunk map is a HashMap filled in table order: the last duplicate wins.
@@ -551,15 +555,28 @@ class _Reader:
         bad = np.flatnonzero(~found)
         if len(bad):
             i = int(bad[0])
+            key = int(keys[i])
             raise self.fail(
-                f"§14 chunk address (blob {int(blob_index[i])}, ci {int(ci_index[i])}, blk {int(all_addrs['blk'][i])})"
+                f"§14 chunk address (blob {key >> 56}, ci {(key >> 32) & 0xFF_FFFF}, blk {key & 0xFFFF_FFFF})"
                 " has no chunk-table entry",
-                owners[owner_of[i]],
+                owner(i),
             )
+        del keys, found, all_addrs
         chunks = table[rows[order[pos]]]
-        starts = np.repeat(np.cumsum(counts) - counts, counts)
-        chunks["file_offset"] = (np.arange(total) - starts).astype(np.uint64) * np.uint64(self.chunk_size)
+        del pos
+        file_offset = np.arange(total, dtype=np.uint64)
+        file_offset -= np.repeat((ends - counts).astype(np.uint64), counts)
+        file_offset *= np.uint64(self.chunk_size)
+        chunks["file_offset"] = file_offset
         return chunks
+
+
+def _address_keys(blob_index: np.ndarray, ci_index: np.ndarray, blkaddr: np.ndarray) -> np.ndarray:
+    """One u64 per chunk address: blob (8 bits), ci index (24 bits), 4K block address (32 bits)."""
+    keys = blob_index.astype(np.uint64) << np.uint64(56)
+    keys |= ci_index.astype(np.uint64) << np.uint64(32)
+    keys |= blkaddr
+    return keys
 
 
 def _gather_index(ranges: list[tuple[int, int]]) -> np.ndarray:
@@ -626,8 +643,11 @@ class _Placed:
     inode_size: int = 64
 
 
-def dump(bs: Bootstrap) -> bytes:
-    """Serialize ``bs`` as the 2.2 directory builder would (extended inodes only, §16)."""
+def dump(bs: Bootstrap) -> bytearray:
+    """Serialize ``bs`` as the 2.2 directory builder would (extended inodes only, §16).
+
+    The buffer the image is built in is returned as it is: a copy would hold it twice.
+    """
     return _Writer(bs).dump()
 
 
@@ -637,13 +657,13 @@ class _Writer:
         self.nodes = bs.nodes
         self.buf = bytearray()
 
-    def dump(self) -> bytes:
+    def dump(self) -> bytearray:
         try:
             return self._dump()
         except struct.error as exc:
             raise RafsFormatError(MODEL, f"a value does not fit its on-disk field: {exc}") from None
 
-    def _dump(self) -> bytes:
+    def _dump(self) -> bytearray:
         bs = self.bs
         self._check_model()
         n = len(self.nodes)
@@ -694,7 +714,7 @@ class _Writer:
             slot = DEVICE_SLOT.pack(blob.blob_id.encode(), blocks[idx], mapped[idx], bytes(56))
             self._put(DEVT_OFFSET + 128 * idx, slot)
             self._put(bt_off + 256 * idx, _pack_blob(idx, blob))
-        return bytes(self.buf)
+        return self.buf
 
     def _put(self, off: int, data: bytes) -> None:
         end = off + len(data)
@@ -950,31 +970,59 @@ class _Writer:
         return words
 
     def _chunk_table(self) -> np.ndarray:
-        """One record per distinct (digest, blob_index), sorted, last insertion wins (§14)."""
+        """One record per distinct (digest, blob_index), sorted, last insertion wins (§14).
+
+        In a loadable model a (blob_index, index) pair names one chunk record wherever it occurs,
+        so the table is built from the last insertion of each pair; only a model where a pair
+        names two different records needs the sort over every occurrence.
+        """
         ranges = [(n.chunk_start, n.chunk_count) for n in self.nodes if n.is_reg and n.chunk_count]
         if not ranges:
             return empty_chunks()
-        occ = self.bs.chunks[_gather_index(ranges)]
-        words = np.frombuffer(occ["block_id"].tobytes(), dtype=">u8").reshape(-1, 4)
-        order = np.lexsort((occ["blob_index"], words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
-        srt = occ[order]
-        sw = words[order]
-        same_next = np.zeros(len(srt), dtype=bool)
-        same_next[:-1] = np.all(sw[1:] == sw[:-1], axis=1) & (srt["blob_index"][1:] == srt["blob_index"][:-1])
-        last = np.flatnonzero(~same_next)
-        group_last = last[np.searchsorted(last, np.arange(len(srt)))]
-        loc = ("index", "uncompressed_offset", "compressed_offset", "compressed_size", "uncompressed_size", "flags")
-        for field in loc:
-            if np.any(srt[field] != srt[field][group_last]):
-                i = int(np.flatnonzero(srt[field] != srt[field][group_last])[0])
-                raise RafsFormatError(
-                    MODEL,
-                    f"digest {bytes(srt['block_id'][i]).hex()} sits at two locations in blob "
-                    f"{int(srt['blob_index'][i])}: the v6 chunk table can hold only one",
-                )
-        table = srt[last].copy()
-        table["reserved"] = 0
-        return table
+        chunks = self.bs.chunks
+        occ = _gather_index(ranges)  # insertion order
+        pair = (chunks["blob_index"][occ].astype(np.uint64) << np.uint64(32)) | chunks["index"][occ]
+        order = np.argsort(pair, kind="stable")
+        occ = occ[order]
+        same_pair = pair[order]
+        del pair, order
+        same_pair = same_pair[1:] == same_pair[:-1]
+        for word in _record_words(chunks):
+            w = word[occ]
+            if np.any(same_pair & (w[1:] != w[:-1])):
+                return _table_of(chunks[_gather_index(ranges)])
+        return _table_of(chunks[occ[np.append(~same_pair, True)]])
+
+
+def _record_words(chunks: np.ndarray) -> list[np.ndarray]:
+    """Bytes 0..63 of each chunk record (all but file_offset, index and reserved) as eight u64 views."""
+    rows = np.ascontiguousarray(chunks).view(np.uint8).reshape(len(chunks), CHUNK_DTYPE.itemsize)
+    words = rows[:, : CHUNK_DTYPE.fields["file_offset"][1]].view("<u8")
+    return [words[:, k] for k in range(words.shape[1])]
+
+
+def _table_of(occ: np.ndarray) -> np.ndarray:
+    """The chunk table of the records ``occ`` in insertion order: sorted by (digest, blob_index), last wins."""
+    words = np.frombuffer(occ["block_id"].tobytes(), dtype=">u8").reshape(-1, 4)
+    order = np.lexsort((occ["blob_index"], words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
+    srt = occ[order]
+    sw = words[order]
+    same_next = np.zeros(len(srt), dtype=bool)
+    same_next[:-1] = np.all(sw[1:] == sw[:-1], axis=1) & (srt["blob_index"][1:] == srt["blob_index"][:-1])
+    last = np.flatnonzero(~same_next)
+    group_last = last[np.searchsorted(last, np.arange(len(srt)))]
+    loc = ("index", "uncompressed_offset", "compressed_offset", "compressed_size", "uncompressed_size", "flags")
+    for field in loc:
+        if np.any(srt[field] != srt[field][group_last]):
+            i = int(np.flatnonzero(srt[field] != srt[field][group_last])[0])
+            raise RafsFormatError(
+                MODEL,
+                f"digest {bytes(srt['block_id'][i]).hex()} sits at two locations in blob "
+                f"{int(srt['blob_index'][i])}: the v6 chunk table can hold only one",
+            )
+    table = srt[last].copy()
+    table["reserved"] = 0
+    return table
 
 
 def _inode_facts(node: Node) -> tuple:

@@ -7,6 +7,7 @@ import os
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import FIXTURES
 
@@ -119,3 +120,20 @@ def test_directory_and_fifo_are_refused(tmp_path: Path) -> None:
 
 def test_accepts_str_path(fixtures_dir: Path) -> None:
     assert load_bootstrap(str(fixtures_dir / V6_NAME)).version == 6
+
+
+@pytest.mark.parametrize("name", [*V5_NAMES, V6_NAME])
+def test_file_and_memory_parses_agree(fixtures_dir: Path, name: str) -> None:
+    """load_bootstrap moves v5 chunk records within the file's buffer; parse_bootstrap copies them."""
+    path = fixtures_dir / name
+    from_file = load_bootstrap(path)
+    data = path.read_bytes()
+    from_bytes = parse_bootstrap(data, str(path))
+    assert np.array_equal(from_file.chunks, from_bytes.chunks) and len(from_file.chunks) > 0
+    assert [(n.path, n.chunk_start, n.chunk_count) for n in from_file.nodes] == [
+        (n.path, n.chunk_start, n.chunk_count) for n in from_bytes.nodes
+    ]
+    assert path.read_bytes() == data  # parsing never writes to its input
+    # The chunk array owns no more memory than its records, and can be edited like any array.
+    assert from_file.chunks.base is None or from_file.chunks.base.nbytes == from_file.chunks.nbytes
+    from_file.chunks["index"][0] += 1

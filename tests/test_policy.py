@@ -14,7 +14,14 @@ from planner.errors import PlanError
 from planner.facts import DictFacts, Facts, Flags, SourceBlob
 from planner.fleet import unite
 from planner.layout import Layout, layout
-from planner.policy import Candidate, Decisions, MergeGroup, decide
+from planner.policy import (
+    Candidate,
+    Decisions,
+    MergeGroup,
+    decide,
+    digest_columns,
+    first_equal,
+)
 from rafs.compression import Compressor
 from rafs.digest import Digester
 from rafs.model import CHUNK_DTYPE
@@ -606,3 +613,52 @@ def test_e6_fixture_rows() -> None:
     assert np.array_equal(lay.chunks, facts.chunks)  # every record unchanged
     assert [(int(r["offset"]), int(r["length"])) for r in nb.reads] == [(0, 3508766)]
     assert lay.occurrences_remapped == 0 and not lay.identical
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing R at scale: one resolution for decide and layout, keys sorted by their lead column
+
+
+def _first_equal_reference(columns: list[np.ndarray]) -> list[int]:
+    seen: dict[tuple, int] = {}
+    return [seen.setdefault(key, i) for i, key in enumerate(zip(*(c.tolist() for c in columns)))]
+
+
+@pytest.mark.parametrize(
+    "lower",
+    [lambda lead, k: lead * (k + 7), lambda lead, k: np.random.default_rng(k).integers(0, 3, len(lead))],
+    ids=["lead-decides", "lead-ties-differ-below"],
+)
+def test_first_equal_is_the_first_row_of_each_key(lower) -> None:
+    lead = np.random.default_rng(1).integers(0, 5, 300).astype(np.uint64)
+    columns = [lead, *(lower(lead, k).astype(np.uint64) for k in range(3))]
+    assert first_equal(columns).tolist() == _first_equal_reference(columns)
+
+
+def test_digest_columns_of_a_strided_selection() -> None:
+    ch = e3().chunks
+    words = [int.from_bytes(bytes(d)[8 * k : 8 * k + 8], "big") for d in ch["block_id"][::2] for k in range(4)]
+    assert np.stack(digest_columns(ch[::2]), axis=1).ravel().tolist() == words
+
+
+def test_layout_uses_the_resolution_of_decide_only_for_its_own_facts_and_key() -> None:
+    facts = e1(6)
+    d = decide(facts, NO_MERGE, ORACLE)
+    assert d.resolution is not None and d.resolution.fits(facts, ORACLE)
+    fresh = dataclasses.replace(d, resolution=None)
+    assert locations(layout(facts, d)) == locations(layout(facts, fresh))
+    # Another key, or other facts with the same blob table: resolved anew, as a hand edit would be.
+    digest_keyed = dataclasses.replace(d, flags=dataclasses.replace(ORACLE, v6_key="digest"))
+    moved = locations(layout(facts, digest_keyed))
+    assert moved == locations(layout(facts, dataclasses.replace(digest_keyed, resolution=None)))
+    assert moved != locations(layout(facts, d))
+    other = Facts(6, facts.blobs, facts.chunks[::-1].copy())
+    assert locations(layout(other, d)) == locations(layout(other, fresh))
+
+
+def test_relocated_chunks_are_slices_of_chunks_and_leave_the_source_alone() -> None:
+    facts = e1()
+    before = facts.chunks.copy()
+    lay = layout(facts, decide(facts, NO_MERGE, ORACLE))
+    assert np.array_equal(lay.relocated_chunks(1, 3), lay.chunks[1:3])
+    assert np.array_equal(facts.chunks, before) and not np.array_equal(lay.chunks, before)

@@ -512,6 +512,45 @@ def test_load_of_10k_records_with_100k_chunks():
     assert v5.dump(loaded) == data
 
 
+def _two_dirs_of_files() -> Bootstrap:
+    """/a/x, /a/y, /b/x, /b/y (records 4..7) with more chunk record bytes than the superblock."""
+    cs = 0x1000
+    b = _Builder(cs, 2)
+    for d in (b"a", b"b"):
+        parent = b.add(0, d, stat.S_IFDIR | 0o755, size=4096)
+        for f in (b"x", b"y"):
+            b.file(parent, f, 60 * cs - 5)
+    blobs = [BlobInfo(f"{i}" * 64, 0, 0, 0, 0, Compressor.NONE, Digester.SHA256, cs) for i in range(2)]
+    return Bootstrap(5, flags_for(Compressor.NONE, Digester.SHA256), cs, blobs, b.nodes, np.concatenate(b.chunks))
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["file-order", "records-swapped"])
+def test_chunks_come_in_tree_order_whatever_the_record_placement(tmp_path, swap):
+    """A file read by load_bootstrap gets its chunk records moved within its own buffer; that is
+    only safe while records lie in tree order, so records placed otherwise take a fresh buffer."""
+    from rafs.loader import load_bootstrap
+
+    bs = _two_dirs_of_files()
+    data = bytes(v5.dump(bs))
+    if swap:  # /b's files now lie before /a's in the file; the inode table follows them
+        offs = [_record_offset(data, i) for i in range(1, 8)]
+        a_files, b_files = data[offs[3] : offs[5]], data[offs[5] :]
+        moved = bytearray(data[: offs[3]] + b_files + a_files)
+        for index in (4, 5, 6, 7):
+            at = offs[index - 1] + (len(b_files) if index < 6 else -len(a_files))
+            struct.pack_into("<I", moved, 8192 + 4 * (index - 1), at >> 3)
+        assert bytes(moved) != data
+        data = bytes(moved)
+    path = tmp_path / "image.boot"
+    path.write_bytes(data)
+    want = {n.path: bs.node_chunks(n).tobytes() for n in bs.nodes if n.is_reg}
+    for loaded in (v5.load(data, "mem"), load_bootstrap(path)):
+        assert [n.path for n in loaded.nodes] == [b"/", b"/a", b"/b", b"/a/x", b"/a/y", b"/b/x", b"/b/y"]
+        assert [n.chunk_start for n in loaded.nodes if n.is_reg] == [0, 60, 120, 180]
+        assert {n.path: loaded.node_chunks(n).tobytes() for n in loaded.nodes if n.is_reg} == want
+        assert v5.dump(loaded) == v5.dump(bs)
+
+
 # --------------------------------------------------------------------------------------------
 # Malformed input
 

@@ -424,3 +424,61 @@ def test_dump_refuses_what_v6_cannot_hold():
     bs.nodes[1].xattrs = [(b"system.posix_acl_access", b"x")]
     with pytest.raises(RafsFormatError, match="cannot be stored"):
         v6.dump(bs)
+
+
+# ---------------------------------------------------------------------------------------
+# The chunk-info table dump writes (§14): one record per (digest, blob), last insertion wins
+
+
+def _files_model(records: list[list[tuple]]) -> Bootstrap:
+    """Root with files f0, f1, ...; file k holds the chunk records ``records[k]`` (digest byte, blob, index)."""
+    cs = 0x1000
+    nodes = [Node(name=b"/", path=b"/", mode=0o40755, link=0)]
+    rows = []
+    for k, recs in enumerate(records):
+        pos = len(nodes)
+        nodes.append(Node(name=b"f%d" % k, path=b"/f%d" % k, mode=0o100644, size=cs * len(recs), parent=0, link=pos,
+                          chunk_start=len(rows), chunk_count=len(recs)))  # fmt: skip
+        nodes[0].children.append(pos)
+        for j, (d, blob, index) in enumerate(recs):
+            rows.append((bytes([d]) * 32, blob, 0, 100, cs, 100 * index, cs * index, cs * j, index, 0))
+    blobs = [replace(_blob(i), chunk_count=8, uncompressed_size=8 * 4096, chunk_size=cs) for i in range(2)]
+    flags = flags_for(Compressor.ZSTD, Digester.BLAKE3)
+    return Bootstrap(6, flags, cs, blobs, nodes, np.array(rows, dtype=CHUNK_DTYPE))
+
+
+def _table_in(data: bytes) -> np.ndarray:
+    ext = v6.EXT_SUPERBLOCK.unpack_from(data, v6.EXT_OFFSET)
+    return np.frombuffer(data, dtype=CHUNK_DTYPE, count=ext[5] // 80, offset=ext[4])
+
+
+def _reference_table(bs: Bootstrap) -> list[bytes]:
+    last: dict[tuple[bytes, int], np.void] = {}
+    for node in bs.nodes:
+        for rec in bs.node_chunks(node):
+            last[(bytes(rec["block_id"]), int(rec["blob_index"]))] = rec
+    return [last[key].tobytes() for key in sorted(last)]
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        # shared chunks: f1 repeats f0's second chunk first, so its file_offset must win
+        [[(9, 0, 0), (3, 0, 1)], [(3, 0, 1), (5, 1, 0)], [(9, 0, 0)]],
+        # one digest in two blobs: two entries
+        [[(4, 0, 2)], [(4, 1, 2)], [(4, 0, 2)]],
+        # one (blob, index) under two digests: the model is odd, each digest still gets its entry
+        [[(7, 0, 3)], [(2, 0, 3)], [(7, 0, 3), (2, 0, 3)]],
+    ],
+    ids=["dedup", "digest-in-two-blobs", "index-under-two-digests"],
+)
+def test_chunk_table_has_the_last_record_of_each_digest_and_blob(records):
+    bs = _files_model(records)
+    table = _table_in(bytes(v6.dump(bs)))
+    assert [r.tobytes() for r in table] == _reference_table(bs)
+
+
+def test_chunk_table_refuses_a_digest_at_two_indexes_of_one_blob():
+    bs = _files_model([[(6, 1, 0)], [(6, 1, 1)]])
+    with pytest.raises(RafsFormatError, match=f"digest {'06' * 32} sits at two locations in blob 1"):
+        v6.dump(bs)
