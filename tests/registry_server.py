@@ -15,7 +15,10 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+import pytest
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -227,3 +230,14 @@ class RegistryServer:
         if self.token_server is not None:
             self.token_server.close()
             self.token_server = None
+
+
+def serve(
+    tmp_path_factory: pytest.TempPathFactory, auth: str | None, users: dict[str, str]
+) -> Iterator[RegistryServer]:
+    """A registry for one test module: started in a fresh storage dir, stopped when the module is done."""
+    server = RegistryServer(tmp_path_factory.mktemp(f"registry-{auth}"), auth, users).start()
+    try:
+        yield server
+    finally:
+        server.stop()

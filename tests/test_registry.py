@@ -23,7 +23,7 @@ import pytest
 from backends.config import load_backend_config, open_backend
 from backends.errors import BackendError
 from backends.registry import RegistryBackend, parse_www_authenticate
-from registry_server import REGISTRY_BIN, RegistryServer, basic_auth
+from registry_server import REGISTRY_BIN, RegistryServer, basic_auth, serve
 
 pytestmark = pytest.mark.skipif(REGISTRY_BIN is None, reason="docker-registry is not installed (.ci/run installs it)")
 
@@ -40,11 +40,7 @@ def _blob(tmp: Path, size: int, seed: int) -> tuple[str, Path, bytes]:
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory, auth: str | None) -> Iterator[RegistryServer]:
-    server = RegistryServer(tmp_path_factory.mktemp(f"registry-{auth}"), auth, {USER: PASSWORD}).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from serve(tmp_path_factory, auth, {USER: PASSWORD})
 
 
 @pytest.fixture(scope="module")

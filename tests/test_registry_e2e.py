@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, Image, Run, build, cli, compact, make_layers
-from registry_server import REGISTRY_BIN, RegistryServer, basic_auth
+from registry_server import REGISTRY_BIN, RegistryServer, basic_auth, serve
 
 from backends.registry import RegistryBackend
 from mkimage.sample import make_sample_layers
@@ -129,11 +129,7 @@ def assert_one_line_error(r: Run, *secrets: str) -> str:
 
 
 def server(tmp_path_factory: pytest.TempPathFactory, auth: str | None) -> Iterator[RegistryServer]:
-    srv = RegistryServer(tmp_path_factory.mktemp(f"registry-{auth}"), auth, {USER: PASSWORD}).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
+    yield from serve(tmp_path_factory, auth, {USER: PASSWORD})
 
 
 @pytest.fixture(scope="module")
