@@ -13,6 +13,7 @@ directory is expanded, directories expanded depth-first in name order.
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +46,21 @@ CHUNK_DTYPE = np.dtype(
 
 # Fields a compactor may change when it moves a chunk (rafs-v5.md §13, rafs-v6.md §17).
 LOCATION_FIELDS = ("blob_index", "index", "compressed_offset", "uncompressed_offset")
+
+
+def expand_depth_first(expand: Callable[[int], Iterable[int]], root: int = 0) -> None:
+    """Drive the builder's node order: ``expand(dir)`` lists a directory's children and returns the
+    subdirectories to expand next; they are expanded depth-first, in the order returned.
+
+    Iterative, so a deep tree cannot hit the recursion limit.
+    """
+    stack = [iter(expand(root))]
+    while stack:
+        nxt = next(stack[-1], None)
+        if nxt is None:
+            stack.pop()
+        else:
+            stack.append(iter(expand(nxt)))
 
 
 def empty_chunks(n: int = 0) -> np.ndarray:

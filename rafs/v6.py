@@ -19,7 +19,7 @@ from .compression import Compressor
 from .digest import Digester
 from .errors import RafsFormatError
 from .flags import SUPER_FLAGS_KNOWN, BlobFeatures, SuperFlags, blob_features_valid
-from .model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, empty_chunks
+from .model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, empty_chunks, expand_depth_first
 
 BLOCK = 4096
 SLOT = 32  # EROFS inode slot
@@ -503,13 +503,7 @@ class _Reader:
                 parent.children.append(child_pos)
             return subdirs
 
-        stack = [iter(expand(0))]
-        while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
-                stack.pop()
-            else:
-                stack.append(iter(expand(nxt)))
+        expand_depth_first(expand)
         return nodes, nids, addrs, owners
 
     # --- chunks (§13, §14, §15.13) --------------------------------------------------
@@ -882,13 +876,7 @@ class _Writer:
                     self._place_non_dir(c, groups)
             return [c for c in self.children[pos] if self.nodes[c].is_dir]
 
-        stack = [iter(expand(0))]
-        while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
-                stack.pop()
-            else:
-                stack.append(iter(expand(nxt)))
+        expand_depth_first(expand)
 
     # --- serialization (§16.3) --------------------------------------------------------
 

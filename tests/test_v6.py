@@ -21,7 +21,7 @@ from rafs.compression import Compressor
 from rafs.digest import Digester, digest
 from rafs.errors import RafsFormatError
 from rafs.flags import SuperFlags, flags_for
-from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, expand_depth_first
 
 BOOT = "rafs-v6-2.2.boot"
 
@@ -251,13 +251,7 @@ def build_image(tree: Path, blobs_dir: Path, opts: Options, xattrs: dict[bytes, 
             nodes[pos].children.append(child_pos)
         return subdirs
 
-    stack = [iter(expand(0))]
-    while stack:
-        nxt = next(stack[-1], None)
-        if nxt is None:
-            stack.pop()
-        else:
-            stack.append(iter(expand(nxt)))
+    expand_depth_first(expand)
     nodes[0].xattrs = list((xattrs or {}).get(b"/", []))
 
     blobs = []
