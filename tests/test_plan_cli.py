@@ -370,3 +370,18 @@ def test_committed_sample_plan_is_in_sync(tmp_path: Path) -> None:
         "plans/sample.plan.yaml is out of date: regenerate it with "
         "`UPDATE_PLANS=1 python3 -m pytest tests/test_plan_cli.py -k sample_plan` and review the diff"
     )
+
+
+def test_image_without_blobs_plans_no_changes_and_the_plan_loads(tmp_path: Path) -> None:
+    """An image with no file data has an empty blob table: the plan must still be a valid plan file."""
+    (tmp_path / "layer" / "empty-dir").mkdir(parents=True)
+    for version in ("5", "6"):
+        out = f"img{version}"
+        assert compact(tmp_path, "mkimage", "layer", "-o", out, "--fs-version", version).returncode == 0
+        r = compact(tmp_path, "plan", f"{out}/image.boot", "--blobs-dir", f"{out}/blobs", "-o", f"p{version}.yaml",
+                    "--detailed-exitcode")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        plan, _ = load_plan(tmp_path / f"p{version}.yaml")
+        assert plan.blobs == [] and not plan.summary.changes
+        applied = compact(tmp_path, "apply", f"p{version}.yaml")
+        assert applied.returncode == 0 and "nothing to do" in applied.stdout
