@@ -50,7 +50,6 @@ class PlanOutcome:
     plan: Plan
     decisions: Decisions
     layout: Layout
-    sources: list[Bootstrap]
     image_ids: list[int]
 
 
@@ -117,11 +116,6 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
     union = unite(sources, [str(p) for p in paths], sizes, dict_bs)
     observed = {bid: (size, "backend") for bid, size in sizes.items()}
     image_ids = [index_bootstrap(store, p, bs, sha, observed) for p, bs, sha in zip(paths, sources, shas)]
-    facts = union.facts
-    decisions = decide(facts, inputs.config, inputs.flags)
-    result = layout(facts, decisions)
-    _check_readable(decisions, result, missing, sizes, facts)
-
     outputs = [inputs.output or default_output(p) for p in paths]
     images = [
         InputImage(
@@ -137,9 +131,17 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
         )
         for p, bs, sha, out in zip(paths, sources, shas, outputs)
     ]
+    # From here on only the union's blob tables and chunk arrays matter: the trees (~1 KB of
+    # Python objects per node) would otherwise stay resident through decide and layout.
+    del sources, dict_bs
+    facts = union.facts
+    decisions = decide(facts, inputs.config, inputs.flags)
+    result = layout(facts, decisions)
+    _check_readable(decisions, result, missing, sizes, facts)
+
     plan = _describe(inputs, images, union, dict_file, decisions, result, sizes, missing)
     _save_recipe(store, plan, image_ids, inputs, decisions, result)
-    return PlanOutcome(plan, decisions, result, sources, image_ids)
+    return PlanOutcome(plan, decisions, result, image_ids)
 
 
 def _check_readable(

@@ -317,7 +317,11 @@ class _Reader:
     def _inode(self, nid: int) -> _Inode:
         ino = self._inodes.get(nid)
         if ino is None:
-            ino = self._inodes[nid] = self._parse_inode(nid)
+            ino = self._parse_inode(nid)
+            # Parsing is pure, so only inodes that several dirents should name are worth keeping:
+            # caching all of them held ~25 MB per 100k files through the walk.
+            if ino.nlink > 1:
+                self._inodes[nid] = ino
         return ino
 
     def _parse_inode(self, nid: int) -> _Inode:
@@ -556,12 +560,16 @@ class _Reader:
                 owner(i),
             )
         del keys, found, all_addrs
-        chunks = table[rows[order[pos]]]
+        # One index array alive at a time: next to the 80-byte records each extra one is 8 bytes per occurrence.
+        pos = order[pos]
+        pos = rows[pos]
+        chunks = table[pos]
         del pos
-        file_offset = np.arange(total, dtype=np.uint64)
+        # Computed in the records themselves, so at most one 8-byte temporary per occurrence lives at a time.
+        file_offset = chunks["file_offset"]
+        file_offset[:] = np.arange(total, dtype=np.uint64)
         file_offset -= np.repeat((ends - counts).astype(np.uint64), counts)
         file_offset *= np.uint64(self.chunk_size)
-        chunks["file_offset"] = file_offset
         return chunks
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
 
-from .db import BATCH_ROWS, Store, column_values, insert_sql, select_sql
+from .db import BATCH_ROWS, Store, column_values, insert_sql, quote, select_sql
 from .errors import StoreError
 from .schema import COLUMNS, REFS_SEGMENT
 
@@ -38,6 +38,7 @@ _KEY_WORDS = (0, 1, 2, 3, 4, 5, 6, 7, 9)
 _HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 _REF_DTYPE = np.dtype("<u8")
 _SORT_BLOCK = 1 << 15
+_REF_PIECE = 1 << 16  # occurrences per BLOB write
 _U64_FIELDS = ("compressed_offset", "uncompressed_offset", "file_offset")
 _I64_MAX = np.iinfo(np.int64).max
 
@@ -87,27 +88,34 @@ def _sorted_groups(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     hashes = _key_hash(words)
     order = np.argsort(hashes)
     starts = _group_starts(words, order)
-    sorted_hashes = hashes[order]
-    if np.array_equal(starts[1:], sorted_hashes[1:] != sorted_hashes[:-1]):
+    hashes = hashes[order]
+    if np.array_equal(starts[1:], hashes[1:] != hashes[:-1]):
         return order, starts
+    del hashes
     order = np.lexsort([words[:, w] for w in _KEY_WORDS])
     return order, _group_starts(words, order)
 
 
 def dedup_chunks(chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(first occurrence of each distinct chunk, in order of first appearance; chunk_id per occurrence)."""
+    """(first occurrence of each distinct chunk, in order of first appearance; chunk_id per occurrence).
+
+    Ids are int32 when the occurrence count allows: at a million occurrences every per-occurrence
+    temporary here is then 4 MB instead of 8."""
     n = len(chunks)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     words = np.ascontiguousarray(chunks, dtype=CHUNK_DTYPE).view("<u8").reshape(n, _WORDS)
     order, starts = _sorted_groups(words)
-    group_of_sorted = np.cumsum(starts) - 1
+    ids = np.int32 if n <= np.iinfo(np.int32).max else np.int64
+    group_of_sorted = np.cumsum(starts, dtype=ids)
+    group_of_sorted -= 1
     first = np.minimum.reduceat(order, np.flatnonzero(starts))
+    del starts
     # Renumber groups by first appearance so ids do not depend on the sort.
-    rank = np.empty(len(first), dtype=np.int64)
     by_first = np.argsort(first, kind="stable")
-    rank[by_first] = np.arange(len(first))
-    chunk_id = np.empty(n, dtype=np.int64)
+    rank = np.empty(len(first), dtype=ids)
+    rank[by_first] = np.arange(len(first), dtype=ids)
+    chunk_id = np.empty(n, dtype=ids)
     chunk_id[order] = rank[group_of_sorted]
     return first[by_first], chunk_id
 
@@ -145,22 +153,30 @@ def _owners(starts: np.ndarray, counts: np.ndarray, n_occ: int) -> np.ndarray:
     return np.where(owner == nobody, -1, owner)
 
 
-def _chunk_rows(image_id: int, distinct: np.ndarray) -> Iterator[tuple]:
-    for lo in range(0, len(distinct), BATCH_ROWS):
-        part = distinct[lo : lo + BATCH_ROWS]
+def _chunk_rows(image_id: int, chunks: np.ndarray, first: np.ndarray) -> Iterator[tuple]:
+    """Rows of the distinct chunks ``chunks[first]``, gathered a batch at a time rather than
+    as one more copy of every distinct record."""
+    for lo in range(0, len(first), BATCH_ROWS):
+        part = chunks[first[lo : lo + BATCH_ROWS]]
         cols = [column_values(part, _CHUNK_FIELD[c]) for c in _CHUNK_COLUMNS]
         yield from zip(repeat(image_id), range(lo, lo + len(part)), *cols)
 
 
-def _ref_rows(image_id: int, chunk_id: np.ndarray, file_offset: np.ndarray) -> Iterator[tuple]:
-    for seg, lo in enumerate(range(0, len(chunk_id), REFS_SEGMENT)):
-        hi = lo + REFS_SEGMENT
-        yield (
-            image_id,
-            seg,
-            chunk_id[lo:hi].astype(_REF_DTYPE).tobytes(),
-            file_offset[lo:hi].astype(_REF_DTYPE).tobytes(),
-        )
+def _insert_refs(store: Store, image_id: int, chunk_id: np.ndarray, file_offset: np.ndarray) -> None:
+    """The ``refs`` rows: each is inserted as zero-filled BLOBs and then written piece by piece,
+    since binding a segment's two 8 MB BLOBs makes SQLite copy them twice (bound value, record)."""
+    conn = store.db.conn
+    columns = COLUMNS["refs"]  # image_id, seg, then the two BLOB columns
+    sql = f'INSERT INTO "refs" ({", ".join(quote(c) for c in columns)}) VALUES (?, ?, zeroblob(?), zeroblob(?))'
+    with store.guard():
+        for seg, lo in enumerate(range(0, len(chunk_id), REFS_SEGMENT)):
+            hi = min(lo + REFS_SEGMENT, len(chunk_id))
+            size = (hi - lo) * _REF_DTYPE.itemsize
+            rowid = conn.execute(sql, (image_id, seg, size, size)).lastrowid
+            for column, values in zip(columns[2:], (chunk_id, file_offset)):
+                with conn.blobopen("refs", column, rowid) as blob:
+                    for a in range(lo, hi, _REF_PIECE):
+                        blob.write(np.ascontiguousarray(values[a : min(a + _REF_PIECE, hi)], dtype=_REF_DTYPE))
 
 
 def _blob_row(image_id: int, blob_index: int, blob: BlobInfo, observed: dict[str, tuple[int, str]]) -> tuple:
@@ -257,8 +273,8 @@ def index_bootstrap(
             "blobs", COLUMNS["blobs"], (_blob_row(image_id, i, b, observed) for i, b in enumerate(bs.blobs))
         )
         store.insert_many("nodes", COLUMNS["nodes"], _node_rows(image_id, bs.nodes))
-        store.insert_many("chunks", COLUMNS["chunks"], _chunk_rows(image_id, chunks[first]))
-        store.insert_many("refs", COLUMNS["refs"], _ref_rows(image_id, chunk_id, chunks["file_offset"]))
+        store.insert_many("chunks", COLUMNS["chunks"], _chunk_rows(image_id, chunks, first))
+        _insert_refs(store, image_id, chunk_id, chunks["file_offset"])
     return image_id
 
 
