@@ -108,10 +108,15 @@ def referenced_bytes(facts: Facts, n_blobs: int, start: int = 0, end: int | None
     ch = facts.chunks[start:end]
     if len(ch) == 0:
         return np.zeros(n_blobs, dtype=np.int64)
-    order = np.lexsort((ch["compressed_offset"], ch["blob_index"]))
-    blob = ch["blob_index"][order]
-    coff = ch["compressed_offset"][order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = (blob[1:] != blob[:-1]) | (coff[1:] != coff[:-1])
-    sizes = ch["compressed_size"][order][first].astype(np.int64)
-    return np.bincount(blob[first], weights=sizes, minlength=n_blobs).astype(np.int64)
+    coff = ch["compressed_offset"]
+    if int(coff.max()) < 1 << 40:
+        # One sort of a packed (blob, offset) key is much cheaper than a two-key lexsort.
+        _, first = np.unique((ch["blob_index"].astype(np.uint64) << np.uint64(40)) | coff, return_index=True)
+    else:
+        order = np.lexsort((coff, ch["blob_index"]))
+        blob, off = ch["blob_index"][order], coff[order]
+        keep = np.ones(len(order), dtype=bool)
+        keep[1:] = (blob[1:] != blob[:-1]) | (off[1:] != off[:-1])
+        first = order[keep]
+    sizes = ch["compressed_size"][first].astype(np.int64)
+    return np.bincount(ch["blob_index"][first], weights=sizes, minlength=n_blobs).astype(np.int64)

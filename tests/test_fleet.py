@@ -486,3 +486,22 @@ def test_explain_per_image_from_the_state_store_alone(compacted):
     lines = r.out.split("images using its chunks (5 of 5; top 1 files of each by bytes):\n")[1].splitlines()
     assert lines[0::2] == [f"  {b}: uses its chunks (bytes per image: see the plan file)" for b in c.fleet.boots]
     assert all(line.split()[-1].startswith("/opt/base/") for line in lines[1::2])
+
+
+@pytest.mark.parametrize("base_offset", [0, 1 << 41])
+def test_referenced_bytes_counts_each_location_once(base_offset: int) -> None:
+    """Both the packed-key path and the lexsort path (offsets beyond 2^40) count distinct locations."""
+    from planner.facts import Facts, SourceBlob
+    from planner.fleet import referenced_bytes
+    from rafs.compression import Compressor
+    from rafs.digest import Digester
+    from rafs.model import CHUNK_DTYPE
+
+    ch = np.zeros(5, dtype=CHUNK_DTYPE)
+    ch["blob_index"] = [0, 1, 0, 1, 1]
+    ch["compressed_offset"] = [base_offset + x for x in (0, 0, 0, 100, 0)]
+    ch["compressed_size"] = [10, 20, 10, 30, 20]
+    blobs = [SourceBlob(f"{i}" * 64, 1000, None, 0, Compressor.NONE, Digester.SHA256, 2, 1000) for i in range(3)]
+    facts = Facts(version=5, blobs=blobs, chunks=ch)
+    assert referenced_bytes(facts, 3).tolist() == [10, 50, 0]
+    assert referenced_bytes(facts, 3, 1, 4).tolist() == [10, 50, 0]
