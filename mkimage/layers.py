@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from rafs.model import FileType
+
 from .errors import BuildError
 
 WHITEOUT_PREFIX = b".wh."
@@ -32,7 +34,7 @@ _NSEC = 1_000_000_000
 
 
 @dataclass(slots=True, eq=False)
-class Entry:
+class Entry(FileType):
     """One directory entry of a layer tree or of the merged tree."""
 
     name: bytes  # b"/" for the root
@@ -54,14 +56,6 @@ class Entry:
     # Layer trees only: names this directory whites out, and whether it is opaque.
     whiteouts: frozenset[bytes] = frozenset()
     opaque: bool = False
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
 
     def sorted_children(self) -> list[Entry]:
         return [self.children[k] for k in sorted(self.children)] if self.children else []

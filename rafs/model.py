@@ -67,8 +67,27 @@ def empty_chunks(n: int = 0) -> np.ndarray:
     return np.zeros(n, dtype=CHUNK_DTYPE)
 
 
+class FileType:
+    """File-type tests for anything with an ``st_mode`` (tree nodes, builder entries)."""
+
+    __slots__ = ()
+    mode: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
 @dataclass(slots=True, eq=False)
-class Node:
+class Node(FileType):
     """One directory entry. Hard links are separate nodes that share ``link``."""
 
     name: bytes  # b"/" for the root
@@ -90,18 +109,6 @@ class Node:
     chunk_start: int = 0  # first occurrence in Bootstrap.chunks
     chunk_count: int = 0
     v5_flags: int = 0  # raw RafsV5InodeFlags (HAS_HOLE etc.), kept for a faithful re-dump
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_symlink(self) -> bool:
-        return stat.S_ISLNK(self.mode)
 
 
 @dataclass(slots=True)
