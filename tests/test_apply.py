@@ -40,7 +40,7 @@ from planner.planfile import load_plan
 from rafs.blob import ChunkSource
 from rafs.flags import SuperFlags
 from rafs.loader import load_bootstrap
-from rafs.model import LOCATION_FIELDS, Bootstrap
+from rafs.model import Bootstrap
 
 V5_FIXTURE = "sha256-nocompress-repeatable"
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"

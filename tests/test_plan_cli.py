@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
 from helpers.plan_scenarios import build_scenarios
 
 from planner.planfile import load_plan
