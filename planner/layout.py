@@ -24,6 +24,7 @@ from .errors import ChunkLostError, PlanError
 from .facts import Facts
 from .policy import (
     ACTIONS,
+    NOT_REWRITABLE,
     GROUP_ACTIONS,
     KEPT_ACTIONS,
     Decisions,
@@ -225,6 +226,11 @@ def _validate(ext: Extended, decisions: Decisions) -> None:
                 raise PlanError(f"blob {d.blob_id} is in group {g.group} but its decision names group {d.group}")
             if ext.is_dict[i]:
                 raise PlanError(f"blob {d.blob_id} is a chunk-dict blob and cannot be rebuilt (group {g.group})")
+            if ext.blobs[i].features & NOT_REWRITABLE:
+                raise PlanError(
+                    f"blob {d.blob_id} has features {ext.blobs[i].features:#x} (ZRAN, SEPARATE or inlined meta): "
+                    f"its chunks cannot be copied into a new blob (group {g.group})"
+                )
         if decisions.flags.i4_compatible_merges_only:
             _check_compatible(ext, g)
     for d in decisions.blobs:

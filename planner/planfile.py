@@ -84,6 +84,7 @@ def explain_blob(b: SourceBlob) -> str:
     text = {
         "UNREFERENCED": unreferenced,
         "KEEP": f"kept; {used}",
+        "KEEP_UNSUPPORTED": f"kept; {used}; its kind (ZRAN, SEPARATE or inlined meta) is never rewritten",
         "DICT_KEEP": "chunk-dict blob, kept as is",
         "DICT_UNUSED": "chunk-dict blob no file uses, dropped",
         "REBUILD_RATIO": f"{used}, below the threshold: rebuilt",

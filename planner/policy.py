@@ -29,6 +29,12 @@ GROUP_ACTIONS = ("rebuild", "merge")
 # E indices must fit the u8 `blob_index` of the builder's chunk dict map (compact.md §1.2 step 3).
 MAX_EXTENDED_BLOBS = 256
 
+# Blobs whose chunks are not plain payloads stored back to back in the blob itself: ZRAN and
+# SEPARATE chunks live in (or are decoded through) another object, INLINED_FS_META blobs carry a
+# bootstrap. Copying their "compressed" ranges would write garbage, so they are never rewritten
+# (compact.md §3.1 "blob kinds not handled"); this holds in every mode, upstream-oracle included.
+NOT_REWRITABLE = BlobFeatures.ZRAN | BlobFeatures.SEPARATE | BlobFeatures.INLINED_FS_META
+
 # Features that change how a blob's chunk bytes are addressed; I4 never merges across them.
 MERGE_CLASS_FEATURES = (
     BlobFeatures.ZRAN | BlobFeatures.CHUNK_INFO_V2 | BlobFeatures.SEPARATE | BlobFeatures.INLINED_FS_META
@@ -333,6 +339,8 @@ def _initial_state(
     ratio = total * 100 // size
     if flags.ratio_u8_wrap:
         ratio %= 256
+    if b.features & NOT_REWRITABLE:
+        return _State("ORIGINAL", "KEEP_UNSUPPORTED", total, count, size, source, ratio)
     kind, reason = ("REBUILD", "REBUILD_RATIO") if ratio < cfg.min_used_ratio else ("ORIGINAL", "KEEP")
     return _State(kind, reason, total, count, size, source, ratio)
 
@@ -341,6 +349,8 @@ def _merge_candidates(E: list[SourceBlob], states: list[_State], cfg: CompactCon
     """§1.9: Original blobs by table size (referenced bytes if 0), Rebuild blobs by referenced bytes."""
     cand = []
     for i, s in enumerate(states):
+        if s.reason == "KEEP_UNSUPPORTED":
+            continue
         if s.kind == "ORIGINAL":
             cand.append(Candidate(i, E[i].compressed_size or s.total))
         elif s.kind == "REBUILD":

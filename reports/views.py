@@ -224,6 +224,8 @@ def why(b: BlobRow, plan: PlanView, candidates: dict[int, int] | None) -> str:
             f"{used}; smaller than compact_blob_size {human_size(t.compact_blob_size)}: "
             f"its used chunks are merged into new blob {b.group}{target}"
         )
+    if b.reason == "KEEP_UNSUPPORTED":
+        return f"{used}; a ZRAN, SEPARATE or inlined-meta blob, whose chunks cannot be copied: kept as is"
     if b.reason == "DICT_KEEP":
         return "chunk-dict blob, kept as is"
     if b.reason == "DICT_UNUSED":

@@ -24,6 +24,7 @@ from planner.policy import (
 )
 from rafs.compression import Compressor
 from rafs.digest import Digester
+from rafs.flags import BlobFeatures
 from rafs.model import CHUNK_DTYPE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nydus"
@@ -662,3 +663,22 @@ def test_relocated_chunks_are_slices_of_chunks_and_leave_the_source_alone() -> N
     lay = layout(facts, decide(facts, NO_MERGE, ORACLE))
     assert np.array_equal(lay.relocated_chunks(1, 3), lay.chunks[1:3])
     assert np.array_equal(facts.chunks, before) and not np.array_equal(lay.chunks, before)
+
+
+@pytest.mark.parametrize("features", [BlobFeatures.ZRAN | BlobFeatures.CHUNK_INFO_V2, BlobFeatures.SEPARATE,
+                                      BlobFeatures.INLINED_FS_META])  # fmt: skip
+@pytest.mark.parametrize("flags", [Flags.upstream_oracle(), Flags.tool_default()])
+def test_blobs_whose_chunks_are_not_plain_payloads_are_never_rewritten(features: int, flags: Flags) -> None:
+    """A sparse ZRAN/SEPARATE/inline-meta blob is kept, not rebuilt or merged; editing it into a group is refused."""
+    facts = e2(6)
+    facts.blobs[0] = blob("A", 10000, features=int(features | BlobFeatures.ALIGNED))
+    cfg = CompactConfig(min_used_ratio=30, compact_blob_size=1 << 20)
+    d, lay = plan(facts, cfg, flags)
+    assert actions(d)[0] == ("A", "keep", "KEEP_UNSUPPORTED")
+    assert 0 not in [c.index for c in d.candidates]
+    assert all(0 not in nb.members for nb in lay.new_blobs)
+    edited = dataclasses.replace(
+        edit(d, 0, action="rebuild", group=9), groups=(*d.groups, MergeGroup(9, 0, (0,))), noop_reason=None
+    )
+    with pytest.raises(PlanError, match="cannot be copied into a new blob"):
+        layout(facts, edited)
