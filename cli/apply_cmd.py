@@ -56,15 +56,15 @@ def plan_backend(plan_backend: dict, backend_config: Path | None, backend_type: 
 @app.command("apply")
 def apply_command(
     plan_file: Path = typer.Argument(..., help="Plan written by `compact plan` (possibly reviewed and edited)."),
-    output_bootstrap: Path | None = typer.Option(None, "-O", "--output-bootstrap", help="New bootstrap of a single-image plan [default: the plan's images[].output]."),
+    output_bootstrap: Path | None = typer.Option(None, "-O", "--output-bootstrap", help="New bootstrap of a single-image plan (default: the plan's images[].output)."),
     output_dir: Path | None = typer.Option(None, "--output-dir", help="Write each image's new bootstrap here, named after its source (fleet plans)."),
-    blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Where new blobs are written [default: the plan's localfs dir]."),
+    blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Where new blobs are written (default: the plan's localfs dir)."),
     backend_config: Path | None = typer.Option(None, "--backend-config", help="Backend config for source blobs, when the plan's backend is not localfs."),
     backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw --backend-config."),
     output_json: Path | None = typer.Option(None, "--output-json", "-J", help="Write the result JSON here."),
     verify: bool = typer.Option(False, "--verify", help="Check every copied chunk, then every chunk of the new image, against its digest."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="New blobs written in parallel."),
-    state: Path | None = typer.Option(None, "--state", help="SQLite state store [default: PLAN.state.sqlite next to the plan]."),
+    state: Path | None = typer.Option(None, "--state", help="SQLite state store (default: PLAN.state.sqlite next to the plan)."),
 ) -> int:
     """Execute a plan: write new blobs and the new bootstrap. Idempotent and resumable.
 

@@ -57,9 +57,9 @@ def _plan_and_run(
 @app.command("report")
 def report_command(
     plan_file: Path | None = typer.Argument(None, help="Plan written by `compact plan`; omit to report a run from --state."),
-    state: Path | None = typer.Option(None, "--state", help="SQLite state store [default: PLAN.state.sqlite next to the plan]."),
-    run_id: int | None = typer.Option(None, "--run", min=1, help="Apply run to report [default: the plan's latest run]."),
-    fmt: str | None = typer.Option(None, "--format", "-f", help="md or html [default: from the -o suffix, else md]."),
+    state: Path | None = typer.Option(None, "--state", help="SQLite state store (default: PLAN.state.sqlite next to the plan)."),
+    run_id: int | None = typer.Option(None, "--run", min=1, help="Apply run to report (default: the plan's latest run)."),
+    fmt: str | None = typer.Option(None, "--format", "-f", help="md or html (default: from the -o suffix, else md)."),
     output: Path | None = typer.Option(None, "-o", "--output", help="Write the report here (atomically) instead of stdout."),
 ) -> int:
     """Render an audit report of a plan and of its apply run: decisions with reasons and numbers,
@@ -88,7 +88,7 @@ def report_command(
 @app.command("explain")
 def explain_command(
     blob_id: str = typer.Argument(..., help="Blob id, or a unique prefix of at least 8 characters."),
-    plan_file: Path | None = typer.Option(None, "--plan", help="Plan file [default: ./plan.yaml if there is no --state]."),
+    plan_file: Path | None = typer.Option(None, "--plan", help="Plan file (default: ./plan.yaml if there is no --state)."),
     state: Path | None = typer.Option(None, "--state", help="State store; alone, explains the plan of its latest apply run."),
     top: int = typer.Option(10, "--top", min=1, help="How many referencing files to list."),
 ) -> int:
