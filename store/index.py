@@ -1,9 +1,9 @@
 """Indexing a loaded bootstrap into the store, and reading the index back.
 
-Occurrences never become Python objects: distinct chunk records are found by sorting a
-hash of the 8-byte words of the CHUNK_DTYPE array, distinct chunks and nodes are streamed to
-``executemany`` in batches of ``BATCH_ROWS`` tuples built from numpy columns, and the
-occurrences themselves are stored as numpy arrays in ``refs`` BLOBs.
+Chunks never become Python objects: distinct chunk records are found by sorting a hash of
+the 8-byte words of the CHUNK_DTYPE array, and both the distinct chunks (``chunks``) and the
+occurrences (``refs``) are stored as numpy arrays in BLOBs, a column per field. Only nodes are
+streamed to ``executemany`` as rows.
 
 ``file_offset`` is stored per occurrence (not recomputed as chunk_no × chunk_size) so
 ``load_occurrences`` returns the loader's array byte for byte, except the ``reserved`` word,
@@ -16,7 +16,6 @@ import json
 import stat
 from collections.abc import Iterator
 from dataclasses import fields
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ import numpy as np
 
 from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
 
-from .db import BATCH_ROWS, Store, column_values, insert_sql, quote, select_sql
+from .db import Store, insert_sql, quote, select_sql
 from .errors import StoreError
-from .schema import COLUMNS, REFS_SEGMENT
+from .schema import COLUMNS, SEGMENT
 
 # CHUNK_DTYPE as ten little-endian u64 words: 0-3 block_id, 4 blob_index|flags,
 # 5 compressed|uncompressed size, 6 compressed_offset, 7 uncompressed_offset,
@@ -38,7 +37,7 @@ _KEY_WORDS = (0, 1, 2, 3, 4, 5, 6, 7, 9)
 _HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 _REF_DTYPE = np.dtype("<u8")
 _SORT_BLOCK = 1 << 15
-_REF_PIECE = 1 << 16  # occurrences per BLOB write
+_PIECE = 1 << 16  # array elements per BLOB write
 _U64_FIELDS = ("compressed_offset", "uncompressed_offset", "file_offset")
 _I64_MAX = np.iinfo(np.int64).max
 
@@ -52,9 +51,10 @@ _KINDS = {
     stat.S_IFSOCK: "sock",
 }
 
-_CHUNK_COLUMNS = COLUMNS["chunks"][2:]  # after image_id, chunk_id
-# chunks-table column -> CHUNK_DTYPE field
-_CHUNK_FIELD = {c: ("index" if c == "idx" else c) for c in _CHUNK_COLUMNS}
+# chunks-table BLOB column (after image_id, seg) -> CHUNK_DTYPE field
+_CHUNK_FIELD = {c: ("index" if c == "idx" else c) for c in COLUMNS["chunks"][2:]}
+_CHUNK_DTYPES = {c: CHUNK_DTYPE.fields[f][0] for c, f in _CHUNK_FIELD.items()}
+_REF_DTYPES = {c: _REF_DTYPE for c in COLUMNS["refs"][2:]}
 
 
 def node_kind(mode: int) -> str:
@@ -153,30 +153,34 @@ def _owners(starts: np.ndarray, counts: np.ndarray, n_occ: int) -> np.ndarray:
     return np.where(owner == nobody, -1, owner)
 
 
-def _chunk_rows(image_id: int, chunks: np.ndarray, first: np.ndarray) -> Iterator[tuple]:
-    """Rows of the distinct chunks ``chunks[first]``, gathered a batch at a time rather than
-    as one more copy of every distinct record."""
-    for lo in range(0, len(first), BATCH_ROWS):
-        part = chunks[first[lo : lo + BATCH_ROWS]]
-        cols = [column_values(part, _CHUNK_FIELD[c]) for c in _CHUNK_COLUMNS]
-        yield from zip(repeat(image_id), range(lo, lo + len(part)), *cols)
-
-
-def _insert_refs(store: Store, image_id: int, chunk_id: np.ndarray, file_offset: np.ndarray) -> None:
-    """The ``refs`` rows: each is inserted as zero-filled BLOBs and then written piece by piece,
-    since binding a segment's two 8 MB BLOBs makes SQLite copy them twice (bound value, record)."""
+def _insert_segments(
+    store: Store,
+    table: str,
+    image_id: int,
+    columns: dict[str, np.ndarray],
+    dtypes: dict[str, np.dtype],
+    take: np.ndarray | None = None,
+) -> None:
+    """Rows of ``table`` holding ``columns`` (or their elements at ``take``) as BLOBs of
+    ``dtypes``, ``SEGMENT`` elements per row. Each row is inserted as zero-filled BLOBs and then
+    written piece by piece: binding a segment's BLOBs would make SQLite copy them twice (bound
+    value, record), and gathering ``take`` a piece at a time bounds its copy."""
     conn = store.db.conn
-    columns = COLUMNS["refs"]  # image_id, seg, then the two BLOB columns
-    sql = f'INSERT INTO "refs" ({", ".join(quote(c) for c in columns)}) VALUES (?, ?, zeroblob(?), zeroblob(?))'
+    names = list(dtypes)
+    blobs = ", ".join("zeroblob(?)" for _ in names)
+    sql = f"INSERT INTO {quote(table)} ({', '.join(quote(c) for c in COLUMNS[table])}) VALUES (?, ?, {blobs})"
+    count = len(take) if take is not None else len(columns[names[0]])
     with store.guard():
-        for seg, lo in enumerate(range(0, len(chunk_id), REFS_SEGMENT)):
-            hi = min(lo + REFS_SEGMENT, len(chunk_id))
-            size = (hi - lo) * _REF_DTYPE.itemsize
-            rowid = conn.execute(sql, (image_id, seg, size, size)).lastrowid
-            for column, values in zip(columns[2:], (chunk_id, file_offset)):
-                with conn.blobopen("refs", column, rowid) as blob:
-                    for a in range(lo, hi, _REF_PIECE):
-                        blob.write(np.ascontiguousarray(values[a : min(a + _REF_PIECE, hi)], dtype=_REF_DTYPE))
+        for seg, lo in enumerate(range(0, count, SEGMENT)):
+            hi = min(lo + SEGMENT, count)
+            sizes = [(hi - lo) * dtypes[c].itemsize for c in names]
+            rowid = conn.execute(sql, (image_id, seg, *sizes)).lastrowid
+            for c in names:
+                with conn.blobopen(table, c, rowid) as blob:
+                    for a in range(lo, hi, _PIECE):
+                        b = min(a + _PIECE, hi)
+                        piece = columns[c][a:b] if take is None else columns[c][take[a:b]]
+                        blob.write(np.ascontiguousarray(piece, dtype=dtypes[c]))
 
 
 def _blob_row(image_id: int, blob_index: int, blob: BlobInfo, observed: dict[str, tuple[int, str]]) -> tuple:
@@ -273,8 +277,12 @@ def index_bootstrap(
             "blobs", COLUMNS["blobs"], (_blob_row(image_id, i, b, observed) for i, b in enumerate(bs.blobs))
         )
         store.insert_many("nodes", COLUMNS["nodes"], _node_rows(image_id, bs.nodes))
-        store.insert_many("chunks", COLUMNS["chunks"], _chunk_rows(image_id, chunks, first))
-        _insert_refs(store, image_id, chunk_id, chunks["file_offset"])
+        _insert_segments(
+            store, "chunks", image_id, {c: chunks[f] for c, f in _CHUNK_FIELD.items()}, _CHUNK_DTYPES, first
+        )
+        _insert_segments(
+            store, "refs", image_id, dict(zip(_REF_DTYPES, (chunk_id, chunks["file_offset"]))), _REF_DTYPES
+        )
     return image_id
 
 
@@ -293,12 +301,49 @@ def load_blobs(store: Store, image_id: int) -> list[dict[str, Any]]:
     )
 
 
-def _distinct_count(store: Store, image_id: int) -> int:
-    return store.fetchall('SELECT COUNT(*) FROM "chunks" WHERE "image_id" = ?', (image_id,))[0][0]
-
-
 def _inconsistent(store: Store, image_id: int, what: str) -> StoreError:
     return StoreError(f"{store.path}: index of image {image_id} is inconsistent ({what})")
+
+
+def _distinct_count(store: Store, image_id: int) -> int:
+    """How many distinct chunks the image has, from the lengths of its ``chunks`` BLOBs (every
+    segment full but the last); ``_load_segments`` checks the other columns when it reads them."""
+    column, dtype = next(iter(_CHUNK_DTYPES.items()))
+    lengths = store.fetchall(
+        f'SELECT "seg", length({quote(column)}) FROM "chunks" WHERE "image_id" = ? ORDER BY "seg"', (image_id,)
+    )
+    full = SEGMENT * dtype.itemsize
+    for expected, (seg, length) in enumerate(lengths):
+        last = expected == len(lengths) - 1
+        if seg != expected or not (0 < length <= full and length % dtype.itemsize == 0 and (last or length == full)):
+            raise _inconsistent(store, image_id, f"chunk row {seg} is malformed")
+    return sum(length for _, length in lengths) // dtype.itemsize
+
+
+def _load_segments(
+    store: Store, image_id: int, table: str, dtypes: dict[str, np.dtype], count: int
+) -> dict[str, np.ndarray]:
+    """The ``count`` elements of each column of ``dtypes`` that ``_insert_segments`` wrote."""
+    n_segs = store.fetchall(f'SELECT COUNT(*) FROM {quote(table)} WHERE "image_id" = ?', (image_id,))[0][0]
+    if n_segs != -(-count // SEGMENT):
+        raise _inconsistent(store, image_id, f"{n_segs} {table} rows for {count} elements")
+    out = {c: np.empty(count, dtype=dt) for c, dt in dtypes.items()}
+    sql = select_sql(table, ("seg", *dtypes), '"image_id" = ?', '"seg"')
+    done = 0
+    with store.guard():
+        for expected, (seg, *blobs) in enumerate(store.db.conn.execute(sql, (image_id,))):
+            lo = expected * SEGMENT
+            n = min(SEGMENT, count - lo)
+            if seg != expected or n <= 0 or not all(
+                isinstance(b, bytes) and len(b) == n * dt.itemsize for b, dt in zip(blobs, dtypes.values())
+            ):
+                raise _inconsistent(store, image_id, f"{table} row {seg} is malformed")
+            for b, (c, dt) in zip(blobs, dtypes.items()):
+                out[c][lo : lo + n] = np.frombuffer(b, dtype=dt)
+            done = lo + n
+    if done != count:
+        raise _inconsistent(store, image_id, f"{table} rows end at element {done} of {count}")
+    return out
 
 
 def _int_columns(store: Store, image_id: int, sql: str, params: tuple, width: int) -> np.ndarray:
@@ -312,47 +357,33 @@ def _int_columns(store: Store, image_id: int, sql: str, params: tuple, width: in
 
 def load_references(store: Store, image_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(chunk_id, file_offset) of every occurrence of the image in occurrence order, as u64
-    arrays; ``chunk_id`` is the row of ``chunks`` the occurrence points at. The occurrences of
-    the node at ``pos`` are ``[chunk_start, chunk_start + chunk_count)`` of its ``nodes`` row."""
+    arrays; ``chunk_id`` is the position of the occurrence's chunk in the ``chunks`` arrays. The
+    occurrences of the node at ``pos`` are ``[chunk_start, chunk_start + chunk_count)`` of its
+    ``nodes`` row."""
     n_occ = load_image(store, image_id)["occurrence_count"]
+    if not isinstance(n_occ, int) or not 0 <= n_occ <= _I64_MAX:
+        raise _inconsistent(store, image_id, f"occurrence count {n_occ!r}")
     n_distinct = _distinct_count(store, image_id)
-    n_segs = store.fetchall('SELECT COUNT(*) FROM "refs" WHERE "image_id" = ?', (image_id,))[0][0]
-    if not isinstance(n_occ, int) or n_occ < 0 or n_segs != -(-n_occ // REFS_SEGMENT):
-        raise _inconsistent(store, image_id, f"{n_segs} reference rows for {n_occ} occurrences")
-    chunk_id = np.empty(n_occ, dtype=_REF_DTYPE)
-    file_offset = np.empty(n_occ, dtype=_REF_DTYPE)
-    sql = select_sql("refs", COLUMNS["refs"][1:], '"image_id" = ?', '"seg"')
-    with store.guard():
-        for expected, (seg, ids, offsets) in enumerate(store.db.conn.execute(sql, (image_id,))):
-            lo = expected * REFS_SEGMENT
-            count = min(REFS_SEGMENT, n_occ - lo)
-            if seg != expected or not all(
-                isinstance(b, bytes) and len(b) == count * _REF_DTYPE.itemsize for b in (ids, offsets)
-            ):
-                raise _inconsistent(store, image_id, f"reference row {seg} is malformed")
-            chunk_id[lo : lo + count] = np.frombuffer(ids, dtype=_REF_DTYPE)
-            file_offset[lo : lo + count] = np.frombuffer(offsets, dtype=_REF_DTYPE)
+    refs = _load_segments(store, image_id, "refs", _REF_DTYPES, n_occ)
+    chunk_id, file_offset = (refs[c] for c in _REF_DTYPES)
     if n_occ and int(chunk_id.max()) >= n_distinct:
         raise _inconsistent(store, image_id, "an occurrence points past the chunk table")
     return chunk_id, file_offset
 
 
+def _load_chunks(store: Store, image_id: int, columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+    dtypes = {c: _CHUNK_DTYPES[c] for c in columns}
+    return _load_segments(store, image_id, "chunks", dtypes, _distinct_count(store, image_id))
+
+
 def load_occurrences(store: Store, image_id: int) -> np.ndarray:
     """Every chunk occurrence of the image in occurrence order, as CHUNK_DTYPE (``reserved`` = 0)."""
     chunk_id, file_offset = load_references(store, image_id)
-    n_distinct = _distinct_count(store, image_id)
-    columns = ("chunk_id",) + _CHUNK_COLUMNS
-    table = store.fetch_array(
-        select_sql("chunks", columns, '"image_id" = ?', '"chunk_id"'),
-        (image_id,),
-        np.dtype([(c, "V32" if c == "block_id" else "<u8") for c in columns]),
-        n_distinct,
-    )
-    if not np.array_equal(table["chunk_id"], np.arange(n_distinct)):
-        raise _inconsistent(store, image_id, "ids not dense")
-    distinct = np.zeros(n_distinct, dtype=CHUNK_DTYPE)
-    for c in _CHUNK_COLUMNS:
-        distinct[_CHUNK_FIELD[c]] = table[c]
+    table = _load_chunks(store, image_id, tuple(_CHUNK_DTYPES))
+    distinct = np.zeros(len(table["blob_index"]), dtype=CHUNK_DTYPE)
+    for c, values in table.items():
+        distinct[_CHUNK_FIELD[c]] = values
+    del table
     occurrences = distinct[chunk_id]
     occurrences["file_offset"] = file_offset
     return occurrences
@@ -363,17 +394,9 @@ def nodes_referencing(store: Store, image_id: int, blob_index: int, limit: int) 
     file's occurrences in that blob), largest first, ties by node order; a negative ``limit``
     means all. An occurrence in several files' ranges (hard links) counts for the first file."""
     chunk_id, _ = load_references(store, image_id)
-    size_in_blob = np.full(_distinct_count(store, image_id), -1, dtype=np.int64)
-    ids, sizes = _int_columns(
-        store,
-        image_id,
-        'SELECT "chunk_id", "compressed_size" FROM "chunks" WHERE "image_id" = ? AND "blob_index" = ?',
-        (image_id, blob_index),
-        2,
-    ).T
-    if len(ids) and (ids.min() < 0 or ids.max() >= len(size_in_blob) or sizes.min() < 0):
-        raise _inconsistent(store, image_id, "ids not dense")
-    size_in_blob[ids] = sizes
+    table = _load_chunks(store, image_id, ("blob_index", "compressed_size"))
+    size_in_blob = np.where(table["blob_index"] == blob_index, table["compressed_size"].astype(np.int64), -1)
+    del table
     pos, starts, counts = _int_columns(
         store,
         image_id,

@@ -1,5 +1,5 @@
-"""refs BLOBs are written in pieces (store.index._insert_refs): pieces that split a segment
-must still give back the loader's occurrences byte for byte."""
+"""chunks and refs BLOBs are written in pieces (store.index._insert_segments): pieces that split
+a segment must still give back the loader's occurrences byte for byte."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def _a_bootstrap_with_chunks() -> Path:
 def test_refs_written_in_pieces_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     boot = _a_bootstrap_with_chunks()
     bs = load_bootstrap(boot)
-    monkeypatch.setattr(store_index, "REFS_SEGMENT", 4)
-    monkeypatch.setattr(store_index, "_REF_PIECE", 3)  # pieces straddle nothing and end mid-segment
+    monkeypatch.setattr(store_index, "SEGMENT", 4)
+    monkeypatch.setattr(store_index, "_PIECE", 3)  # pieces straddle nothing and end mid-segment
     with open_store(tmp_path / "s.sqlite") as store:
         image_id = index_bootstrap(store, boot, bs, "0" * 64, None)
         expected = bs.chunks.copy()
