@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import stat
 from dataclasses import fields
 from enum import Enum, IntFlag
 from pathlib import Path
@@ -16,21 +15,11 @@ from backends.localfs import LocalFsBackend
 from rafs.blob import ChunkSource, distinct_chunks
 from rafs.flags import BlobFeatures, SuperFlags
 from rafs.loader import bootstrap_sha256, load_bootstrap
-from rafs.model import BlobInfo, Bootstrap, Node
+from rafs.model import BlobInfo, Bootstrap, Node, kind_name
 
 from .app import EXIT_ERROR, app
 
 INSPECT_FORMAT = "nydus-compact.inspect/1"
-
-_TYPES = (
-    (stat.S_ISDIR, "dir"),
-    (stat.S_ISREG, "file"),
-    (stat.S_ISLNK, "symlink"),
-    (stat.S_ISCHR, "chardev"),
-    (stat.S_ISBLK, "blockdev"),
-    (stat.S_ISFIFO, "fifo"),
-    (stat.S_ISSOCK, "socket"),
-)
 
 _CHUNK_FIELDS = (
     "blob_index",
@@ -56,13 +45,6 @@ def _bits(value: int, flag_type: type[IntFlag]) -> list[str]:
     if unknown:
         names.append(f"{unknown:#x}")
     return names
-
-
-def file_type(mode: int) -> str:
-    for test, name in _TYPES:
-        if test(mode):
-            return name
-    return "unknown"
 
 
 def _blob_doc(blob: BlobInfo, observed: dict[str, Any] | None) -> dict[str, Any]:
@@ -93,7 +75,7 @@ def _chunk_docs(bs: Bootstrap, node: Node) -> list[dict[str, Any]]:
 def _node_doc(bs: Bootstrap, pos: int, node: Node, with_chunks: bool) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "path": _text(node.path),
-        "type": file_type(node.mode),
+        "type": kind_name(node.mode),
         "mode": f"{node.mode:#o}",
         "size": node.size,
         "chunk_count": node.chunk_count,

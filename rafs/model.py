@@ -67,6 +67,22 @@ def empty_chunks(n: int = 0) -> np.ndarray:
     return np.zeros(n, dtype=CHUNK_DTYPE)
 
 
+_KIND_NAMES = {
+    stat.S_IFDIR: "dir",
+    stat.S_IFREG: "file",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFCHR: "chardev",
+    stat.S_IFBLK: "blockdev",
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+}
+
+
+def kind_name(mode: int) -> str:
+    """The file type of an ``st_mode`` as the CLI, JSON and the store name it."""
+    return _KIND_NAMES.get(stat.S_IFMT(mode), "unknown")
+
+
 class FileType:
     """File-type tests for anything with an ``st_mode`` (tree nodes, builder entries)."""
 

@@ -13,7 +13,6 @@ which is not kept and comes back as 0.
 from __future__ import annotations
 
 import json
-import stat
 from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, kind_name
 
 from .db import Store, insert_sql, quote, select_sql
 from .errors import StoreError
@@ -41,24 +40,11 @@ _PIECE = 1 << 16  # array elements per BLOB write
 _U64_FIELDS = ("compressed_offset", "uncompressed_offset", "file_offset")
 _I64_MAX = np.iinfo(np.int64).max
 
-_KINDS = {
-    stat.S_IFDIR: "dir",
-    stat.S_IFREG: "reg",
-    stat.S_IFLNK: "lnk",
-    stat.S_IFCHR: "chr",
-    stat.S_IFBLK: "blk",
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "sock",
-}
 
 # chunks-table BLOB column (after image_id, seg) -> CHUNK_DTYPE field
 _CHUNK_FIELD = {c: ("index" if c == "idx" else c) for c in COLUMNS["chunks"][2:]}
 _CHUNK_DTYPES = {c: CHUNK_DTYPE.fields[f][0] for c, f in _CHUNK_FIELD.items()}
 _REF_DTYPES = {c: _REF_DTYPE for c in COLUMNS["refs"][2:]}
-
-
-def node_kind(mode: int) -> str:
-    return _KINDS.get(stat.S_IFMT(mode), "unknown")
 
 
 def _key_hash(words: np.ndarray) -> np.ndarray:
@@ -202,7 +188,7 @@ def _node_rows(image_id: int, nodes: list[Node]) -> Iterator[tuple]:
             image_id,
             pos,
             bytes(nd.path),
-            node_kind(nd.mode),
+            kind_name(nd.mode),
             nd.mode,
             nd.size,
             nd.nlink,

@@ -266,7 +266,7 @@ def test_index_round_trips_occurrences_blobs_and_nodes(db_path: Path, boot_file:
 
         nodes = store.fetch_dicts('SELECT * FROM "nodes" ORDER BY "pos"')
         assert [n["path"] for n in nodes] == [n.path for n in bs.nodes]
-        assert [n["kind"] for n in nodes] == ["dir", "reg", "dir", "reg", "reg", "reg", "lnk", "reg"]
+        assert [n["kind"] for n in nodes] == ["dir", "file", "dir", "file", "file", "file", "symlink", "file"]
         assert [n["link"] for n in nodes][4:6] == [4, 4]
         assert [(n["chunk_start"], n["chunk_count"]) for n in nodes] == [
             (n.chunk_start, n.chunk_count) for n in bs.nodes
