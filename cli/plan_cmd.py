@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -22,6 +24,19 @@ from .app import EXIT_CHANGES, EXIT_OK, app
 def default_state(plan_path: Path) -> Path:
     """The store lives next to the plan: plan.yaml -> plan.state.sqlite."""
     return plan_path.with_name(plan_path.stem + ".state.sqlite")
+
+
+@contextmanager
+def new_state_removed_on_failure(path: Path) -> Iterator[None]:
+    """A plan that fails leaves no state store behind, unless the store existed before."""
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
 
 
 def parse_chunk_dict(arg: str | None) -> Path | None:
@@ -103,8 +118,10 @@ def plan_command(
                      "ratio_u8_wrap": ratio_u8_wrap, "v6_key": v6_key})
     bcfg = resolve_backend(blobs_dir, backend_config, backend_type, cfg)
     inputs = PlanInputs(bootstraps, parse_chunk_dict(chunk_dict), bcfg, cfg, flags, new_bootstrap)
-    with open_backend(bcfg) as backend, open_store(state or default_state(output)) as store:
-        outcome = make_plan(inputs, backend, store)
+    state_path = state or default_state(output)
+    with open_backend(bcfg) as backend, new_state_removed_on_failure(state_path):
+        with open_store(state_path) as store:
+            outcome = make_plan(inputs, backend, store)
     write_plan(outcome.plan, output)
     plan = outcome.plan
     if as_json:

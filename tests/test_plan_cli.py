@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 from helpers.plan_scenarios import build_scenarios
 
 from planner.planfile import load_plan
@@ -384,3 +385,11 @@ def test_image_without_blobs_plans_no_changes_and_the_plan_loads(tmp_path: Path)
         assert plan.blobs == [] and not plan.summary.changes
         applied = compact(tmp_path, "apply", f"p{version}.yaml")
         assert applied.returncode == 0 and "nothing to do" in applied.stdout
+
+
+def test_a_failed_plan_leaves_no_new_state_store(tmp_path: Path) -> None:
+    """Nothing is left behind by a plan that fails, the state store included (unless it existed)."""
+    (tmp_path / "trunc.boot").write_bytes((FIXTURES / "rafs-v6-2.2.boot").read_bytes()[:9000])
+    r = compact(tmp_path, "plan", "trunc.boot", "--blobs-dir", str(FIXTURES), "-o", "p.yaml")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trunc.boot"]
