@@ -17,7 +17,7 @@ import numpy as np
 from backends.base import BlobBackend
 from backends.config import BackendConfig
 from backends.errors import BlobNotFoundError
-from rafs.loader import load_bootstrap
+from rafs.loader import bootstrap_sha256, load_bootstrap
 from rafs.model import Bootstrap
 from store.db import Store
 from store.index import index_bootstrap
@@ -52,14 +52,6 @@ class PlanOutcome:
     decisions: Decisions
     layout: Layout
     image_ids: list[int]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fp:
-        while block := fp.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_output(bootstrap: Path) -> Path:
@@ -106,14 +98,14 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
         raise PlanError("-O names the output of one image; a fleet plan writes BOOTSTRAP.compact for each")
     # Hashing (which releases the GIL) overlaps parsing: the two together cost about the parse alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        hashing = [pool.submit(file_sha256, p) for p in paths]
+        hashing = [pool.submit(bootstrap_sha256, p) for p in paths]
         sources = [load_bootstrap(p) for p in paths]
         shas = [h.result() for h in hashing]
     dict_bs = dict_file = None
     if inputs.chunk_dict is not None:
         dict_bs = load_bootstrap(inputs.chunk_dict)
         check_dict_compatible(sources[0], dict_bs, inputs.chunk_dict)
-        dict_file = InputFile(str(inputs.chunk_dict), file_sha256(inputs.chunk_dict), inputs.chunk_dict.stat().st_size)
+        dict_file = InputFile(str(inputs.chunk_dict), bootstrap_sha256(inputs.chunk_dict), inputs.chunk_dict.stat().st_size)
 
     all_ids = [b.blob_id for bs in sources for b in bs.blobs] + ([b.blob_id for b in dict_bs.blobs] if dict_bs else [])
     sizes, missing = observe_sizes(backend, all_ids)

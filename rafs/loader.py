@@ -70,12 +70,9 @@ def load_bootstrap(path: str | Path) -> Bootstrap:
 
 def bootstrap_sha256(path: str | Path) -> str:
     """Lowercase hex sha256 of the bootstrap file."""
-    h = hashlib.sha256()
     fd = _open_regular(path)
     with os.fdopen(fd, "rb") as fp:
-        while block := fp.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fp, "sha256").hexdigest()
 
 
 def _check_size(size: int, path: str) -> None:
