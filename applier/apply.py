@@ -44,7 +44,7 @@ from store.runs import (
     start_run,
 )
 
-from .blobs import WrittenBlob, file_sha256, temp_prefix, write_new_blob
+from .blobs import WrittenBlob, file_sha256, same_file, temp_prefix, write_new_blob
 from .errors import ApplyError
 from .faults import fault_point
 from .lock import blobs_dir_lock
@@ -251,7 +251,7 @@ def apply_plan(
                 data = v5.dump(new_bs) if new_bs.version == 5 else v6.dump(new_bs)
                 boot_sha = hashlib.sha256(data).hexdigest()
                 step = done.get(key)
-                if step is None or step.sha256 != boot_sha or not _same_file(out_boot, len(data), boot_sha):
+                if step is None or step.sha256 != boot_sha or not same_file(out_boot, len(data), boot_sha):
                     record_step(store, run.id, key, STEP_RUNNING)
                     _write_bootstrap(out_boot, data, tmp + key.replace(":", "-"))
                     fault_point("bootstrap-done")
@@ -291,16 +291,12 @@ def _check_output_paths(plan: Plan, opts: ApplyOptions, out_boots: list[Path]) -
         taken[where] = f"the {flag} output"
 
 
-def _same_file(path: Path, size: int, sha: str) -> bool:
-    return path.is_file() and path.stat().st_size == size and file_sha256(path) == sha
-
-
 def _check_outputs(done: dict, blobs_dir: Path, boots: dict[str, Path]) -> list[str]:
     problems = []
     for key, step in done.items():
-        if key.startswith("blob:") and not _same_file(blobs_dir / step.blob_id, step.size, step.sha256):
+        if key.startswith("blob:") and not same_file(blobs_dir / step.blob_id, step.size, step.sha256):
             problems.append(f"{blobs_dir / step.blob_id} is missing or changed")
-        if key in boots and not _same_file(boots[key], step.size, step.sha256):
+        if key in boots and not same_file(boots[key], step.size, step.sha256):
             problems.append(f"{boots[key]} is missing or changed")
     return problems
 
@@ -322,7 +318,7 @@ def _write_blobs(
     todo: list[NewBlob] = []
     for nb in result.new_blobs:
         step = done.get(f"blob:g{nb.group}")
-        if step is not None and _same_file(opts.blobs_dir / step.blob_id, step.size, step.sha256):
+        if step is not None and same_file(opts.blobs_dir / step.blob_id, step.size, step.sha256):
             info = _info_from_step(nb, step, src.chunk_size, opts.blobs_dir)
             written[nb.group] = WrittenBlob(info, opts.blobs_dir / step.blob_id, step.sha256, 0, 0, True)
         else:
@@ -422,7 +418,7 @@ def _new_bootstrap(
 def _write_json(path: Path, res: ApplyResult, tmp_prefix: str, only_if_changed: bool = False) -> bytes:
     """The output JSON; a rerun of a finished plan rewrites it only if it is missing or differs."""
     doc = json.dumps(res.output_document(), indent=2, sort_keys=True).encode() + b"\n"
-    if not (only_if_changed and _same_file(path, len(doc), hashlib.sha256(doc).hexdigest())):
+    if not (only_if_changed and same_file(path, len(doc), hashlib.sha256(doc).hexdigest())):
         with atomic_writer(path, tmp_name=tmp_prefix + "json") as fp:
             fp.write(doc)
     return doc

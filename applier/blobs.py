@@ -77,6 +77,11 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(fp, "sha256").hexdigest()
 
 
+def same_file(path: Path, size: int, sha: str) -> bool:
+    """``path`` exists with exactly this size and sha256 (an output a rerun may keep)."""
+    return path.is_file() and path.stat().st_size == size and file_sha256(path) == sha
+
+
 def write_new_blob(
     nb: NewBlob,
     sources: list[SourceBlob],
@@ -185,7 +190,7 @@ def _check_landed(ci: np.ndarray, rec: np.ndarray) -> None:
 def _publish(tmp: Path, final: Path, size: int, sha: str) -> bool:
     """Rename the finished temp file to its id; an identical existing file is kept instead."""
     if final.exists():
-        if final.stat().st_size == size and file_sha256(final) == sha:
+        if same_file(final, size, sha):
             tmp.unlink()
             return True
         raise ApplyError(f"{final} already exists with different content; refusing to overwrite it")
