@@ -15,23 +15,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from backends.base import BlobBackend
-from backends.config import BackendConfig
-from backends.errors import BlobNotFoundError
-from planner import __version__
-from planner.config import CompactConfig, canonical_json
-from planner.errors import ChunkLostError, PlanError
-from planner.facts import SourceBlob
-from planner.fleet import ImageProjection, Union, project, unite
-from planner.layout import Layout, NewBlob, TableEntry, layout
-from planner.plan import Plan
-from planner.review import decisions_from_plan, explain_lost
-from rafs import v5, v6
-from rafs.loader import load_bootstrap
-from rafs.model import BlobInfo, Bootstrap, empty_chunks
-from safeio import atomic_writer, remove_stale_temps
-from store.db import Store
-from store.runs import (
+from nydus_compact.backends.base import BlobBackend
+from nydus_compact.backends.config import BackendConfig
+from nydus_compact.backends.errors import BlobNotFoundError
+from nydus_compact.planner import __version__
+from nydus_compact.planner.config import CompactConfig, canonical_json
+from nydus_compact.planner.errors import ChunkLostError, PlanError
+from nydus_compact.planner.facts import SourceBlob
+from nydus_compact.planner.fleet import ImageProjection, Union, project, unite
+from nydus_compact.planner.layout import Layout, NewBlob, TableEntry, layout
+from nydus_compact.planner.plan import Plan
+from nydus_compact.planner.review import decisions_from_plan, explain_lost
+from nydus_compact.rafs import v5, v6
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.rafs.model import BlobInfo, Bootstrap, empty_chunks
+from nydus_compact.safeio import atomic_writer, remove_stale_temps
+from nydus_compact.store.db import Store
+from nydus_compact.store.runs import (
     RUN_FAILED,
     RUN_SUCCEEDED,
     STEP_DONE,

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import BlobBackend
-from planner.facts import SourceBlob
-from planner.layout import NewBlob
-from rafs.blob_writer import BlobWriter
-from rafs.compression import decompress
-from rafs.digest import digest
-from rafs.flags import ChunkFlags
-from rafs.model import BlobInfo
-from safeio import TMP_PREFIX, fsync_dir
+from nydus_compact.backends.base import BlobBackend
+from nydus_compact.planner.facts import SourceBlob
+from nydus_compact.planner.layout import NewBlob
+from nydus_compact.rafs.blob_writer import BlobWriter
+from nydus_compact.rafs.compression import decompress
+from nydus_compact.rafs.digest import digest
+from nydus_compact.rafs.flags import ChunkFlags
+from nydus_compact.rafs.model import BlobInfo
+from nydus_compact.safeio import TMP_PREFIX, fsync_dir
 
 from .errors import ApplyError
 from .faults import fault_point

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from backends.base import BlobBackend
-from backends.localfs import LocalFsBackend
+from nydus_compact.backends.base import BlobBackend
+from nydus_compact.backends.localfs import LocalFsBackend
 
 
 class NewImageBackend(BlobBackend):

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import BlobBackend
-from backends.errors import BackendError
-from rafs.blob import ChunkSource, VerifyStats
-from rafs.model import Bootstrap
-from store.db import Store
-from store.runs import STEP_DONE, STEP_FAILED, record_step
+from nydus_compact.backends.base import BlobBackend
+from nydus_compact.backends.errors import BackendError
+from nydus_compact.rafs.blob import ChunkSource, VerifyStats
+from nydus_compact.rafs.model import Bootstrap
+from nydus_compact.store.db import Store
+from nydus_compact.store.runs import STEP_DONE, STEP_FAILED, record_step
 
 BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")
 # Step key under which a verification of an apply run's output is kept in its audit trail.

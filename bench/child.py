@@ -36,11 +36,11 @@ def _peak_rss_bytes() -> int:
 
 def _operation(kind: str, args: list[str]) -> Callable[[], int]:
     if kind == "parse":
-        from rafs.loader import load_bootstrap
+        from nydus_compact.rafs.loader import load_bootstrap
 
         (path,) = args
         return lambda: load_bootstrap(path) and 0
-    from cli.main import main
+    from nydus_compact.cli.main import main
 
     return lambda: main(args)
 

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from rafs import v5, v6
-from rafs.blob_writer import BlobWriter
-from rafs.compression import Compressor
-from rafs.digest import Digester, digest
-from rafs.flags import ChunkFlags, flags_for
-from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from nydus_compact.rafs import v5, v6
+from nydus_compact.rafs.blob_writer import BlobWriter
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester, digest
+from nydus_compact.rafs.flags import ChunkFlags, flags_for
+from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
 
 GENERATOR_REVISION = 1  # bump when the generator changes, to invalidate cached images
 BOOTSTRAP_NAME = "image.boot"

@@ -38,9 +38,9 @@ from pathlib import Path
 
 from images import Image, Shape, cached_image, shapes
 
-from planner.planfile import load_plan
-from store.db import open_store
-from store.runs import completed_steps, find_run
+from nydus_compact.planner.planfile import load_plan
+from nydus_compact.store.db import open_store
+from nydus_compact.store.runs import completed_steps, find_run
 
 CHILD = Path(__file__).with_name("child.py")
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "nydus-compact-bench"

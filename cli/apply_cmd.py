@@ -9,14 +9,14 @@ from pathlib import Path
 
 import typer
 
-from applier.apply import ApplyOptions, apply_plan
-from applier.errors import ApplyError
-from applier.overlay import NewImageBackend
-from applier.verify import orphaned_blobs, record_verification, verify_image
-from backends.config import FINGERPRINT_KEYS, BackendConfig, load_backend_config, open_backend
-from planner.planfile import human_size, load_plan
-from rafs.loader import load_bootstrap
-from store.db import open_store
+from nydus_compact.applier.apply import ApplyOptions, apply_plan
+from nydus_compact.applier.errors import ApplyError
+from nydus_compact.applier.overlay import NewImageBackend
+from nydus_compact.applier.verify import orphaned_blobs, record_verification, verify_image
+from nydus_compact.backends.config import FINGERPRINT_KEYS, BackendConfig, load_backend_config, open_backend
+from nydus_compact.planner.planfile import human_size, load_plan
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.store.db import open_store
 
 from .app import EXIT_ERROR, EXIT_OK, app
 from .plan_cmd import default_state
@@ -115,7 +115,7 @@ def verify_command(
         compact verify image.compact.boot --blobs-dir blobs/
     """
     from .plan_cmd import resolve_backend
-    from planner.config import CompactConfig
+    from nydus_compact.planner.config import CompactConfig
 
     bcfg = resolve_backend(blobs_dir, backend_config, backend_type, CompactConfig())
     bs = load_bootstrap(bootstrap)

@@ -10,12 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
-from backends.errors import BackendError
-from backends.localfs import LocalFsBackend
-from rafs.blob import ChunkSource, distinct_chunks
-from rafs.flags import BlobFeatures, SuperFlags
-from rafs.loader import bootstrap_sha256, load_bootstrap
-from rafs.model import BlobInfo, Bootstrap, Node, kind_name
+from nydus_compact.backends.errors import BackendError
+from nydus_compact.backends.localfs import LocalFsBackend
+from nydus_compact.rafs.blob import ChunkSource, distinct_chunks
+from nydus_compact.rafs.flags import BlobFeatures, SuperFlags
+from nydus_compact.rafs.loader import bootstrap_sha256, load_bootstrap
+from nydus_compact.rafs.model import BlobInfo, Bootstrap, Node, kind_name
 
 from .app import EXIT_ERROR, app
 

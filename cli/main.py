@@ -13,13 +13,13 @@ try:  # typer >= 0.20 vendors its own click; its exceptions are not click's
 except ImportError:  # pragma: no cover - older typer on real click
     import click.exceptions as click_exceptions
 
-from applier.errors import ApplyError
-from backends.errors import BackendError
-from mkimage.errors import BuildError
-from planner.errors import PlanError
-from rafs.errors import RafsError
-from reports.errors import ReportError
-from store.errors import StoreError
+from nydus_compact.applier.errors import ApplyError
+from nydus_compact.backends.errors import BackendError
+from nydus_compact.mkimage.errors import BuildError
+from nydus_compact.planner.errors import PlanError
+from nydus_compact.rafs.errors import RafsError
+from nydus_compact.reports.errors import ReportError
+from nydus_compact.store.errors import StoreError
 
 from . import commands  # noqa: F401  (registers the commands on the app)
 from .app import EXIT_ERROR, EXIT_INTERNAL, EXIT_USAGE, app

@@ -10,11 +10,11 @@ from typing import Annotated
 
 import typer
 
-from mkimage.builder import BuildOptions, BuildResult, build_image
-from mkimage.errors import BuildError
-from mkimage.sample import make_sample_layers
-from rafs.compression import Compressor
-from rafs.digest import Digester
+from nydus_compact.mkimage.builder import BuildOptions, BuildResult, build_image
+from nydus_compact.mkimage.errors import BuildError
+from nydus_compact.mkimage.sample import make_sample_layers
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
 
 from .app import app
 

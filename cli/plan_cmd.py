@@ -9,14 +9,14 @@ from pathlib import Path
 
 import typer
 
-from backends.config import BackendConfig, load_backend_config, localfs_config, open_backend
-from planner.config import CompactConfig, load_config_file, merge
-from planner.errors import ConfigError
-from planner.facts import Flags
-from planner.pipeline import PlanInputs, make_plan
-from planner.plan import Plan
-from planner.planfile import human_size, load_plan, summary_line, write_plan
-from store.db import open_store
+from nydus_compact.backends.config import BackendConfig, load_backend_config, localfs_config, open_backend
+from nydus_compact.planner.config import CompactConfig, load_config_file, merge
+from nydus_compact.planner.errors import ConfigError
+from nydus_compact.planner.facts import Flags
+from nydus_compact.planner.pipeline import PlanInputs, make_plan
+from nydus_compact.planner.plan import Plan
+from nydus_compact.planner.planfile import human_size, load_plan, summary_line, write_plan
+from nydus_compact.store.db import open_store
 
 from .app import EXIT_CHANGES, EXIT_OK, app
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import typer
 
-from planner.planfile import load_plan
-from reports.demo import run_demo
-from reports.errors import ReportError
-from reports.explain import explain, plan_images, recorded_images, render_explanation
-from reports.render import FORMATS, render_report
-from reports.views import PlanView, Report, RunView, plan_view, plan_view_from_store, run_view, select_run
-from safeio import atomic_write_text
-from store.db import Store, open_store
+from nydus_compact.planner.planfile import load_plan
+from nydus_compact.reports.demo import run_demo
+from nydus_compact.reports.errors import ReportError
+from nydus_compact.reports.explain import explain, plan_images, recorded_images, render_explanation
+from nydus_compact.reports.render import FORMATS, render_report
+from nydus_compact.reports.views import PlanView, Report, RunView, plan_view, plan_view_from_store, run_view, select_run
+from nydus_compact.safeio import atomic_write_text
+from nydus_compact.store.db import Store, open_store
 
 from .app import EXIT_ERROR, EXIT_OK, app
 from .plan_cmd import default_state

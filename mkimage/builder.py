@@ -20,11 +20,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from rafs.blob_writer import BlobWriter
-from rafs.compression import Compressor, compress
-from rafs.digest import Digester, digest
-from rafs.flags import ChunkFlags, SuperFlags, flags_for
-from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from nydus_compact.rafs.blob_writer import BlobWriter
+from nydus_compact.rafs.compression import Compressor, compress
+from nydus_compact.rafs.digest import Digester, digest
+from nydus_compact.rafs.flags import ChunkFlags, SuperFlags, flags_for
+from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
 
 from .errors import BuildError
 from .layers import Entry, node_order, read_layers
@@ -88,7 +88,7 @@ def build_image(layers: list[Path], out_dir: Path, opts: BuildOptions | None = N
         store.add_layer(layer_tree)
     bs = _bootstrap(tree.merged, store, opts)
     # Imported by version, like rafs.loader does: a v5 build needs nothing of v6.
-    codec = importlib.import_module(f"rafs.v{opts.fs_version}")
+    codec = importlib.import_module(f"nydus_compact.rafs.v{opts.fs_version}")
     data = codec.dump(bs)
     bootstrap_path = Path(out_dir) / BOOTSTRAP_NAME
     _write_atomically(bootstrap_path, lambda fp: fp.write(data))

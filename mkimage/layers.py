@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from rafs.model import FileType
+from nydus_compact.rafs.model import FileType
 
 from .errors import BuildError
 

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from rafs.compression import Compressor
-from rafs.digest import Digester
-from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
+from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap
 
 from .errors import PlanError
 

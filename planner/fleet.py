@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rafs.model import Bootstrap
+from nydus_compact.rafs.model import Bootstrap
 
 from .errors import PlanError
 from .facts import DictFacts, Facts, SourceBlob

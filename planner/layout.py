@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rafs.compression import Compressor
-from rafs.digest import Digester
-from rafs.flags import BlobFeatures
-from rafs.model import CHUNK_DTYPE, LOCATION_FIELDS
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
+from nydus_compact.rafs.flags import BlobFeatures
+from nydus_compact.rafs.model import CHUNK_DTYPE, LOCATION_FIELDS
 
 from .errors import ChunkLostError, PlanError
 from .facts import Facts

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from backends.base import BlobBackend
-from backends.config import BackendConfig
-from backends.errors import BlobNotFoundError
-from rafs.loader import bootstrap_sha256, load_bootstrap
-from rafs.model import Bootstrap
-from store.db import Store
-from store.index import index_bootstrap
-from store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, save_plan
+from nydus_compact.backends.base import BlobBackend
+from nydus_compact.backends.config import BackendConfig
+from nydus_compact.backends.errors import BlobNotFoundError
+from nydus_compact.rafs.loader import bootstrap_sha256, load_bootstrap
+from nydus_compact.rafs.model import Bootstrap
+from nydus_compact.store.db import Store
+from nydus_compact.store.index import index_bootstrap
+from nydus_compact.store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, save_plan
 
 from . import __version__
 from .config import CompactConfig, canonical_json

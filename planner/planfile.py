@@ -21,7 +21,7 @@ from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
-from safeio import atomic_write_text
+from nydus_compact.safeio import atomic_write_text
 
 from .errors import PlanFileError
 from .plan import ACTIONS, FORMAT, Plan, SourceBlob
@@ -96,7 +96,7 @@ def explain_blob(b: SourceBlob) -> str:
 
 def _env() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(lambda name: resources.files("templates").joinpath(name).read_text()),
+        loader=jinja2.FunctionLoader(lambda name: resources.files("nydus_compact.templates").joinpath(name).read_text()),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rafs.flags import BlobFeatures
-from rafs.model import CHUNK_DTYPE
+from nydus_compact.rafs.flags import BlobFeatures
+from nydus_compact.rafs.model import CHUNK_DTYPE
 
 from .config import CompactConfig
 from .errors import PlanError

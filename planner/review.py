@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 
-from rafs.model import Bootstrap
+from nydus_compact.rafs.model import Bootstrap
 
 from .errors import ChunkLostError, PlanFileError
 from .facts import Flags

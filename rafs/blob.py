@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from backends.base import BlobBackend
-from backends.errors import BackendError
+from nydus_compact.backends.base import BlobBackend
+from nydus_compact.backends.errors import BackendError
 
 from .blob_meta import CI_V2_COMPRESSED, BlobMeta, read_blob_meta
 from .compression import Compressor, decompress

@@ -6,19 +6,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from applier.apply import ApplyOptions, ApplyResult, apply_plan
-from applier.verify import VerifyReport, record_verification, verify_image
-from backends.config import localfs_config, open_backend
-from mkimage.builder import BuildOptions, build_image
-from mkimage.sample import make_sample_layers
-from planner.config import CompactConfig
-from planner.facts import Flags
-from planner.pipeline import PlanInputs, make_plan
-from planner.plan import Plan
-from planner.planfile import human_size, summary_line, write_plan
-from rafs.loader import load_bootstrap
-from safeio import atomic_write_text
-from store.db import Clock, Store, open_store, utc_now
+from nydus_compact.applier.apply import ApplyOptions, ApplyResult, apply_plan
+from nydus_compact.applier.verify import VerifyReport, record_verification, verify_image
+from nydus_compact.backends.config import localfs_config, open_backend
+from nydus_compact.mkimage.builder import BuildOptions, build_image
+from nydus_compact.mkimage.sample import make_sample_layers
+from nydus_compact.planner.config import CompactConfig
+from nydus_compact.planner.facts import Flags
+from nydus_compact.planner.pipeline import PlanInputs, make_plan
+from nydus_compact.planner.plan import Plan
+from nydus_compact.planner.planfile import human_size, summary_line, write_plan
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.safeio import atomic_write_text
+from nydus_compact.store.db import Clock, Store, open_store, utc_now
 
 from .errors import ReportError
 from .render import render_report

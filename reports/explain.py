@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.plan import Plan
-from planner.planfile import human_size
-from store.db import Store
-from store.index import find_image, load_blobs, load_image, nodes_referencing
-from store.plans import load_plan_recipe
+from nydus_compact.planner.plan import Plan
+from nydus_compact.planner.planfile import human_size
+from nydus_compact.store.db import Store
+from nydus_compact.store.index import find_image, load_blobs, load_image, nodes_referencing
+from nydus_compact.store.plans import load_plan_recipe
 
 from .errors import ReportError
 from .views import KEPT_ACTIONS, BlobRow, PlanView, RunView

@@ -7,7 +7,7 @@ from importlib import resources
 
 import jinja2
 
-from planner.planfile import human_size
+from nydus_compact.planner.planfile import human_size
 
 from .charts import ratio_chart, size_chart
 from .views import Report
@@ -38,7 +38,7 @@ def seconds(value: float | None) -> str:
 
 def _environment(autoescape: bool) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(lambda name: resources.files("templates").joinpath(name).read_text()),
+        loader=jinja2.FunctionLoader(lambda name: resources.files("nydus_compact.templates").joinpath(name).read_text()),
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,

@@ -13,17 +13,17 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from planner.plan import Plan
-from planner.planfile import human_size
-from store.db import Store
-from store.errors import StoreError
-from store.index import load_blobs, load_image
-from store.plans import load_plan_recipe
-from store.runs import STEP_COMPLETE, STEP_DONE, STEP_SKIPPED, Run, Step, list_runs, steps
+from nydus_compact.planner.plan import Plan
+from nydus_compact.planner.planfile import human_size
+from nydus_compact.store.db import Store
+from nydus_compact.store.errors import StoreError
+from nydus_compact.store.index import load_blobs, load_image
+from nydus_compact.store.plans import load_plan_recipe
+from nydus_compact.store.runs import STEP_COMPLETE, STEP_DONE, STEP_SKIPPED, Run, Step, list_runs, steps
 
 from .errors import ReportError
 
-from applier.verify import VERIFY_STEP
+from nydus_compact.applier.verify import VERIFY_STEP
 KEPT_ACTIONS = frozenset({"keep", "dict-keep"})
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, kind_name
+from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, kind_name
 
 from .db import Store, insert_sql, quote, select_sql
 from .errors import StoreError

@@ -35,12 +35,12 @@ from helpers.compact_env import (
 from helpers.erofs import check_v6_image
 from test_mkimage import apply_layers
 
-from backends.localfs import LocalFsBackend
-from planner.planfile import load_plan
-from rafs.blob import ChunkSource
-from rafs.flags import SuperFlags
-from rafs.loader import load_bootstrap
-from rafs.model import Bootstrap
+from nydus_compact.backends.localfs import LocalFsBackend
+from nydus_compact.planner.planfile import load_plan
+from nydus_compact.rafs.blob import ChunkSource
+from nydus_compact.rafs.flags import SuperFlags
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.rafs.model import Bootstrap
 
 V5_FIXTURE = "sha256-nocompress-repeatable"
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"

@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from applier.blobs import MAX_READ, split_reads, write_new_blob
-from applier.errors import ApplyError
-from backends.localfs import LocalFsBackend
-from planner.facts import SourceBlob
-from planner.layout import READ_DTYPE, RECIPE_DTYPE, NewBlob
-from rafs.blob_meta import read_blob_meta
-from rafs.compression import Compressor
-from rafs.digest import Digester, digest
-from rafs.flags import BlobFeatures
+from nydus_compact.applier.blobs import MAX_READ, split_reads, write_new_blob
+from nydus_compact.applier.errors import ApplyError
+from nydus_compact.backends.localfs import LocalFsBackend
+from nydus_compact.planner.facts import SourceBlob
+from nydus_compact.planner.layout import READ_DTYPE, RECIPE_DTYPE, NewBlob
+from nydus_compact.rafs.blob_meta import read_blob_meta
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester, digest
+from nydus_compact.rafs.flags import BlobFeatures
 
 CHUNK_SIZE = 1 << 20
 SOURCE_ID = "ab" * 32

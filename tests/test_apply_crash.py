@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, compact, file_hashes, make_layers, plan
 
-from rafs.loader import load_bootstrap
-from safeio import TMP_PREFIX
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.safeio import TMP_PREFIX
 
 FAULTS = [
     "blob-mid:g0",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-COMPACT = [sys.executable, "-m", "cli.main"]
+COMPACT = [sys.executable, "-m", "nydus_compact"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +26,7 @@ def _plan(tmp_path: Path) -> Path:
 def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     work = _plan(tmp_path)
     env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "TERM": "xterm"}
-    cmd = " ".join([sys.executable, "-m", "cli.main", "apply", "p.yaml"])
+    cmd = " ".join([sys.executable, "-m", "nydus_compact", "apply", "p.yaml"])
     on_tty = subprocess.run(["script", "-qec", cmd, "/dev/null"], cwd=work, capture_output=True, text=True, env=env)
     assert on_tty.returncode == 0, on_tty.stdout
     assert "\x1b[" in on_tty.stdout and "applied:" in on_tty.stdout  # a bar was drawn, then the result

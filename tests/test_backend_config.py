@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from backends.config import load_backend_config, open_backend, parse_backend_config
-from backends.errors import BackendError
-from backends.localfs import LocalFsBackend
-from backends.registry import RegistryBackend
+from nydus_compact.backends.config import load_backend_config, open_backend, parse_backend_config
+from nydus_compact.backends.errors import BackendError
+from nydus_compact.backends.localfs import LocalFsBackend
+from nydus_compact.backends.registry import RegistryBackend
 
 AUTH = "dXNlcjpzM2NyZXQtcGFzcw=="  # base64("user:s3cret-pass")
 TOKEN = "bearer-t0ken-value"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rafs import blob_meta, v6
-from rafs.blob_meta import CI_DTYPE, decode_ci, encode_ci, parse_tar_header, read_blob_meta, tar_header
-from rafs.errors import RafsFormatError
+from nydus_compact.rafs import blob_meta, v6
+from nydus_compact.rafs.blob_meta import CI_DTYPE, decode_ci, encode_ci, parse_tar_header, read_blob_meta, tar_header
+from nydus_compact.rafs.errors import RafsFormatError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nydus"
 EXPECTED = json.loads((FIXTURES / "rafs-v6-2.2.expected.json").read_text())["blobs"][0]

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-from backends.localfs import LocalFsBackend
-from rafs.blob import ChunkSource, distinct_chunks
-from rafs.errors import BlobDataError
-from rafs.flags import ChunkFlags, SuperFlags
-from rafs.loader import load_bootstrap
-from rafs.model import Bootstrap
+from nydus_compact.backends.localfs import LocalFsBackend
+from nydus_compact.rafs.blob import ChunkSource, distinct_chunks
+from nydus_compact.rafs.errors import BlobDataError
+from nydus_compact.rafs.flags import ChunkFlags, SuperFlags
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.rafs.model import Bootstrap
 
 V5_NAMES = ("sha256-nocompress-repeatable", "blake3-lz4_block-non_repeatable")
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rafs import v6
-from rafs.blob_meta import TOC_ENTRY_SIZE, read_blob_meta
-from rafs.blob_writer import BlobWriter
-from rafs.cache import materialize
-from rafs.compression import Compressor
-from rafs.digest import Digester, digest
-from rafs.errors import BlobDataError
-from rafs.flags import BlobFeatures
+from nydus_compact.rafs import v6
+from nydus_compact.rafs.blob_meta import TOC_ENTRY_SIZE, read_blob_meta
+from nydus_compact.rafs.blob_writer import BlobWriter
+from nydus_compact.rafs.cache import materialize
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester, digest
+from nydus_compact.rafs.errors import BlobDataError
+from nydus_compact.rafs.flags import BlobFeatures
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nydus"
 EXPECTED = json.loads((FIXTURES / "rafs-v6-2.2.expected.json").read_text())["blobs"][0]

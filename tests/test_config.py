@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from planner.config import CompactConfig, canonical_json, load_config_file, merge, parse_size
-from planner.errors import ConfigError
+from nydus_compact.planner.config import CompactConfig, canonical_json, load_config_file, merge, parse_size
+from nydus_compact.planner.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str, name: str = "compact.json") -> Path:

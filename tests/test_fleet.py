@@ -27,19 +27,19 @@ from helpers.erofs import check_v6_image
 from test_apply import assert_same_files
 from test_mkimage import apply_layers
 
-from backends.config import localfs_config
-from backends.localfs import LocalFsBackend
-from mkimage.builder import BuildOptions, build_image
-from planner.config import CompactConfig, merge
-from planner.facts import Flags
-from planner.pipeline import PlanInputs, make_plan
-from planner.planfile import load_plan, write_plan
-from rafs.compression import Compressor
-from rafs.digest import Digester, digest
-from rafs.loader import load_bootstrap
-from rafs.model import Bootstrap
-from safeio import TMP_PREFIX
-from store.db import open_store
+from nydus_compact.backends.config import localfs_config
+from nydus_compact.backends.localfs import LocalFsBackend
+from nydus_compact.mkimage.builder import BuildOptions, build_image
+from nydus_compact.planner.config import CompactConfig, merge
+from nydus_compact.planner.facts import Flags
+from nydus_compact.planner.pipeline import PlanInputs, make_plan
+from nydus_compact.planner.planfile import load_plan, write_plan
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester, digest
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.rafs.model import Bootstrap
+from nydus_compact.safeio import TMP_PREFIX
+from nydus_compact.store.db import open_store
 
 CHUNK = 64 * 1024
 N_IMAGES = 5
@@ -491,11 +491,11 @@ def test_explain_per_image_from_the_state_store_alone(compacted):
 @pytest.mark.parametrize("base_offset", [0, 1 << 41])
 def test_referenced_bytes_counts_each_location_once(base_offset: int) -> None:
     """Both the packed-key path and the lexsort path (offsets beyond 2^40) count distinct locations."""
-    from planner.facts import Facts, SourceBlob
-    from planner.fleet import referenced_bytes
-    from rafs.compression import Compressor
-    from rafs.digest import Digester
-    from rafs.model import CHUNK_DTYPE
+    from nydus_compact.planner.facts import Facts, SourceBlob
+    from nydus_compact.planner.fleet import referenced_bytes
+    from nydus_compact.rafs.compression import Compressor
+    from nydus_compact.rafs.digest import Digester
+    from nydus_compact.rafs.model import CHUNK_DTYPE
 
     ch = np.zeros(5, dtype=CHUNK_DTYPE)
     ch["blob_index"] = [0, 1, 0, 1, 1]

@@ -20,8 +20,8 @@ from conftest import FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rafs.errors import RafsFormatError
-from rafs.loader import MIN_BOOTSTRAP_SIZE, load_bootstrap, parse_bootstrap
+from nydus_compact.rafs.errors import RafsFormatError
+from nydus_compact.rafs.loader import MIN_BOOTSTRAP_SIZE, load_bootstrap, parse_bootstrap
 
 BOOTSTRAPS = ("sha256-nocompress-repeatable", "blake3-lz4_block-non_repeatable", "rafs-v6-2.2.boot")
 V6_BLOB = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
@@ -169,7 +169,7 @@ class MemoryBlob:
 
 
 def _blob_meta_case(blob: bytes, info) -> None:
-    from rafs.blob_meta import read_blob_meta
+    from nydus_compact.rafs.blob_meta import read_blob_meta
 
     with no_hang():
         try:
@@ -184,7 +184,7 @@ def v6_blob_info():
 
 
 def test_blob_meta_corruption(v6_blob_info) -> None:
-    from rafs.blob_meta import read_blob_meta
+    from nydus_compact.rafs.blob_meta import read_blob_meta
 
     blob = (FIXTURES / V6_BLOB).read_bytes()
     read_blob_meta(MemoryBlob(blob), v6_blob_info, len(blob))  # the fixture itself is valid

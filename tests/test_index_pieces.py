@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import store.index as store_index
-from rafs.loader import load_bootstrap
-from store.db import open_store
-from store.index import index_bootstrap, load_occurrences
+import nydus_compact.store.index as store_index
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.store.db import open_store
+from nydus_compact.store.index import index_bootstrap, load_occurrences
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nydus"
 

@@ -18,7 +18,7 @@ V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
 
 def compact(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "nydus_compact", *map(str, args)], capture_output=True, text=True, timeout=60
     )
 
 

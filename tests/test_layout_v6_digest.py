@@ -7,16 +7,16 @@ import hashlib
 import numpy as np
 import pytest
 
-from planner.config import CompactConfig
-from planner.errors import PlanError
-from planner.facts import Facts, Flags, SourceBlob
-from planner.layout import Layout, layout
-from planner.policy import MergeGroup, decide
-from rafs import v6
-from rafs.compression import Compressor
-from rafs.digest import Digester
-from rafs.flags import flags_for
-from rafs.model import CHUNK_DTYPE, LOCATION_FIELDS, BlobInfo, Bootstrap, Node
+from nydus_compact.planner.config import CompactConfig
+from nydus_compact.planner.errors import PlanError
+from nydus_compact.planner.facts import Facts, Flags, SourceBlob
+from nydus_compact.planner.layout import Layout, layout
+from nydus_compact.planner.policy import MergeGroup, decide
+from nydus_compact.rafs import v6
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
+from nydus_compact.rafs.flags import flags_for
+from nydus_compact.rafs.model import CHUNK_DTYPE, LOCATION_FIELDS, BlobInfo, Bootstrap, Node
 
 ORACLE = Flags.upstream_oracle()
 MERGE_ALL = CompactConfig(compact_blob_size=10_000, max_compact_size=100_000)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import FIXTURES
 
-from rafs.compression import Compressor
-from rafs.digest import Digester
-from rafs.errors import RafsFormatError
-from rafs.loader import (
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
+from nydus_compact.rafs.errors import RafsFormatError
+from nydus_compact.rafs.loader import (
     MAX_BOOTSTRAP_SIZE,
     bootstrap_sha256,
     detect_version,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import BlobBackend, coalesce
-from backends.errors import BackendError
-from backends.localfs import LocalFsBackend
+from nydus_compact.backends.base import BlobBackend, coalesce
+from nydus_compact.backends.errors import BackendError
+from nydus_compact.backends.localfs import LocalFsBackend
 
 BLOB = "a" * 64
 

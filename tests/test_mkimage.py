@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backends.localfs import LocalFsBackend
-from mkimage.builder import BuildOptions, BuildResult, build_image
-from mkimage.errors import BuildError
-from mkimage.sample import make_sample_layers
-from rafs.blob import ChunkSource
-from rafs.blob_meta import read_blob_meta
-from rafs.compression import Compressor
-from rafs.digest import Digester
-from rafs.flags import BlobFeatures, SuperFlags
-from rafs.loader import load_bootstrap
+from nydus_compact.backends.localfs import LocalFsBackend
+from nydus_compact.mkimage.builder import BuildOptions, BuildResult, build_image
+from nydus_compact.mkimage.errors import BuildError
+from nydus_compact.mkimage.sample import make_sample_layers
+from nydus_compact.rafs.blob import ChunkSource
+from nydus_compact.rafs.blob_meta import read_blob_meta
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
+from nydus_compact.rafs.flags import BlobFeatures, SuperFlags
+from nydus_compact.rafs.loader import load_bootstrap
 
 CHUNK = 64 * 1024
 OPAQUE = ".wh..wh..opq"
@@ -431,7 +431,7 @@ def test_image_without_file_data_has_no_blobs(tmp_path):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", "mkimage", *args],
+        [sys.executable, "-m", "nydus_compact", "mkimage", *args],
         capture_output=True,
         text=True,
         cwd=Path(__file__).parent.parent,

@@ -23,9 +23,9 @@ import pytest
 from conftest import FIXTURES
 from helpers.plan_scenarios import build_scenarios
 
-from planner.planfile import load_plan
-from store.db import open_store
-from store.index import find_image
+from nydus_compact.planner.planfile import load_plan
+from nydus_compact.store.db import open_store
+from nydus_compact.store.index import find_image
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = REPO / "plans"
@@ -54,7 +54,7 @@ SCENARIOS: dict[str, tuple[int, tuple[str, ...]]] = {
 def compact(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "COMPACT_DEBUG"}
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *map(str, args)],
+        [sys.executable, "-m", "nydus_compact", *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
     )
 

@@ -12,17 +12,17 @@ import pytest
 import yaml
 from helpers.plan_scenarios import build_scenarios
 
-from applier.apply import prepare
-from backends.config import BackendConfig
-from backends.localfs import LocalFsBackend
-from planner.config import CompactConfig, merge
-from planner.errors import PlanFileError
-from planner.facts import Flags
-from planner.pipeline import PlanInputs, make_plan
-from planner.plan import Plan
-from planner.planfile import load_plan, plan_from_data, render, write_plan
-from rafs.loader import load_bootstrap
-from store.db import open_store
+from nydus_compact.applier.apply import prepare
+from nydus_compact.backends.config import BackendConfig
+from nydus_compact.backends.localfs import LocalFsBackend
+from nydus_compact.planner.config import CompactConfig, merge
+from nydus_compact.planner.errors import PlanFileError
+from nydus_compact.planner.facts import Flags
+from nydus_compact.planner.pipeline import PlanInputs, make_plan
+from nydus_compact.planner.plan import Plan
+from nydus_compact.planner.planfile import load_plan, plan_from_data, render, write_plan
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.store.db import open_store
 
 PARTIAL = {"min_used_ratio": 60, "compact_blob_size": 40 * 1024}
 
@@ -30,7 +30,7 @@ PARTIAL = {"min_used_ratio": 60, "compact_blob_size": 40 * 1024}
 def compact(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "COMPACT_DEBUG"}
     return subprocess.run(
-        [sys.executable, "-m", "cli.main", *map(str, args)],
+        [sys.executable, "-m", "nydus_compact", *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=30,
     )
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from planner.config import CompactConfig
-from planner.errors import PlanError
-from planner.facts import DictFacts, Facts, Flags, SourceBlob
-from planner.fleet import unite
-from planner.layout import Layout, layout
-from planner.policy import (
+from nydus_compact.planner.config import CompactConfig
+from nydus_compact.planner.errors import PlanError
+from nydus_compact.planner.facts import DictFacts, Facts, Flags, SourceBlob
+from nydus_compact.planner.fleet import unite
+from nydus_compact.planner.layout import Layout, layout
+from nydus_compact.planner.policy import (
     Candidate,
     Decisions,
     MergeGroup,
@@ -22,10 +22,10 @@ from planner.policy import (
     digest_columns,
     first_equal,
 )
-from rafs.compression import Compressor
-from rafs.digest import Digester
-from rafs.flags import BlobFeatures
-from rafs.model import CHUNK_DTYPE
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
+from nydus_compact.rafs.flags import BlobFeatures
+from nydus_compact.rafs.model import CHUNK_DTYPE
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nydus"
 ORACLE = Flags.upstream_oracle()
@@ -396,7 +396,7 @@ def test_e5_backend_size_rebuild_then_merge(flags: Flags) -> None:
 
 
 def test_e5_ci_table_matches_the_oracle_bytes() -> None:
-    blob_meta = pytest.importorskip("rafs.blob_meta")
+    blob_meta = pytest.importorskip("nydus_compact.rafs.blob_meta")
     _, lay = plan(e5(), E5_CFG)
     r = lay.new_blobs[0].chunks
     ci = np.zeros(len(r), dtype=blob_meta.CI_DTYPE)

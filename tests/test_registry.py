@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backends.config import load_backend_config, open_backend
-from backends.errors import BackendError
-from backends.registry import RegistryBackend, parse_www_authenticate
+from nydus_compact.backends.config import load_backend_config, open_backend
+from nydus_compact.backends.errors import BackendError
+from nydus_compact.backends.registry import RegistryBackend, parse_www_authenticate
 from registry_server import REGISTRY_BIN, RegistryServer, basic_auth, serve
 
 pytestmark = pytest.mark.skipif(REGISTRY_BIN is None, reason="docker-registry is not installed (.ci/run installs it)")

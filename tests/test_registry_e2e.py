@@ -24,13 +24,13 @@ import pytest
 from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, Image, Run, build, cli, compact, make_layers
 from registry_server import REGISTRY_BIN, RegistryServer, basic_auth, serve
 
-from backends.registry import RegistryBackend
-from mkimage.sample import make_sample_layers
-from planner.planfile import load_plan
-from rafs.loader import load_bootstrap
-from safeio import TMP_PREFIX
-from store.db import open_store
-from store.runs import find_run, steps
+from nydus_compact.backends.registry import RegistryBackend
+from nydus_compact.mkimage.sample import make_sample_layers
+from nydus_compact.planner.planfile import load_plan
+from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.safeio import TMP_PREFIX
+from nydus_compact.store.db import open_store
+from nydus_compact.store.runs import find_run, steps
 
 pytestmark = pytest.mark.skipif(REGISTRY_BIN is None, reason="docker-registry is not installed (.ci/run installs it)")
 

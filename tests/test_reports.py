@@ -22,16 +22,16 @@ from pathlib import Path
 import pytest
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from cli.main import main
-from planner.planfile import load_plan
-from reports.demo import run_demo
-from reports.render import render_report
-from reports.views import Report, plan_view, plan_view_from_store, run_view, select_run
-from store.db import open_store
+from nydus_compact.cli.main import main
+from nydus_compact.planner.planfile import load_plan
+from nydus_compact.reports.demo import run_demo
+from nydus_compact.reports.render import render_report
+from nydus_compact.reports.views import Report, plan_view, plan_view_from_store, run_view, select_run
+from nydus_compact.store.db import open_store
 
 MERGED, DELETED, KEPT, REBUILT = "4dbf96720aa5", "d15e9c1ee38c", "5417c4848b27", "89db322f04d6"
 RAW_HTML = r"(?<!\\)<[A-Za-z/!]"  # a tag start not escaped as \<
-COMPACT = [sys.executable, "-c", "from cli.main import run; run()"]
+COMPACT = [sys.executable, "-c", "from nydus_compact.cli.main import run; run()"]
 
 
 class MarkdownSnapshot(SingleFileSnapshotExtension):

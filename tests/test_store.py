@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rafs.compression import Compressor
-from rafs.digest import Digester
-from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
-from store import index as store_index
-from store.db import open_store
-from store.errors import StoreError
-from store.index import (
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
+from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from nydus_compact.store import index as store_index
+from nydus_compact.store.db import open_store
+from nydus_compact.store.errors import StoreError
+from nydus_compact.store.index import (
     dedup_chunks,
     find_image,
     index_bootstrap,
@@ -27,8 +27,8 @@ from store.index import (
     load_references,
     nodes_referencing,
 )
-from store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, load_plan_recipe, save_plan
-from store.runs import (
+from nydus_compact.store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, load_plan_recipe, save_plan
+from nydus_compact.store.runs import (
     completed_steps,
     find_run,
     finish_run,
@@ -37,7 +37,7 @@ from store.runs import (
     start_run,
     steps,
 )
-from store.schema import SCHEMA_VERSION, TABLES
+from nydus_compact.store.schema import SCHEMA_VERSION, TABLES
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64
@@ -298,7 +298,7 @@ def test_reindexing_same_content_reuses_the_image(db_path: Path, boot_file: Path
 
 @pytest.mark.parametrize("name", ["sha256-nocompress-repeatable", "rafs-v6-2.2.boot"])
 def test_real_bootstraps_round_trip(db_path: Path, fixtures_dir: Path, name: str) -> None:
-    from rafs.loader import bootstrap_sha256, load_bootstrap
+    from nydus_compact.rafs.loader import bootstrap_sha256, load_bootstrap
 
     path = fixtures_dir / name
     bs = load_bootstrap(path)

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rafs import v5
-from rafs.compression import Compressor, decompress
-from rafs.digest import Digester, digest
-from rafs.errors import RafsFormatError, UnsupportedLayoutError
-from rafs.flags import ChunkFlags, SuperFlags, flags_for
-from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from nydus_compact.rafs import v5
+from nydus_compact.rafs.compression import Compressor, decompress
+from nydus_compact.rafs.digest import Digester, digest
+from nydus_compact.rafs.errors import RafsFormatError, UnsupportedLayoutError
+from nydus_compact.rafs.flags import ChunkFlags, SuperFlags, flags_for
+from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
 
 V5_FIXTURES = ["sha256-nocompress-repeatable", "blake3-lz4_block-non_repeatable"]
 BLOB_ID = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
@@ -528,7 +528,7 @@ def _two_dirs_of_files() -> Bootstrap:
 def test_chunks_come_in_tree_order_whatever_the_record_placement(tmp_path, swap):
     """A file read by load_bootstrap gets its chunk records moved within its own buffer; that is
     only safe while records lie in tree order, so records placed otherwise take a fresh buffer."""
-    from rafs.loader import load_bootstrap
+    from nydus_compact.rafs.loader import load_bootstrap
 
     bs = _two_dirs_of_files()
     data = bytes(v5.dump(bs))

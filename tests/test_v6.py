@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from helpers.erofs import check_v6_image
-from rafs import v6
-from rafs.blob_writer import BlobWriter
-from rafs.cache import materialize
-from rafs.compression import Compressor
-from rafs.digest import Digester, digest
-from rafs.errors import RafsFormatError
-from rafs.flags import SuperFlags, flags_for
-from rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, expand_depth_first
+from nydus_compact.rafs import v6
+from nydus_compact.rafs.blob_writer import BlobWriter
+from nydus_compact.rafs.cache import materialize
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester, digest
+from nydus_compact.rafs.errors import RafsFormatError
+from nydus_compact.rafs.flags import SuperFlags, flags_for
+from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, expand_depth_first
 
 BOOT = "rafs-v6-2.2.boot"
 

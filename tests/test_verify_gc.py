@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, compact, make_layers, plan
 
-from planner.planfile import load_plan
-from rafs.loader import load_bootstrap
+from nydus_compact.planner.planfile import load_plan
+from nydus_compact.rafs.loader import load_bootstrap
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.main import main
-from mkimage.builder import BuildOptions, build_image
-from mkimage.sample import make_sample_layers
-from rafs.compression import Compressor
-from rafs.digest import Digester
+from nydus_compact.cli.main import main
+from nydus_compact.mkimage.builder import BuildOptions, build_image
+from nydus_compact.mkimage.sample import make_sample_layers
+from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
 
 CHUNK = 64 * 1024
 # Gives every kind of decision at once on the sample: blob 0 rebuilt (ratio 23 %), blob 1 kept,
@@ -109,7 +109,7 @@ def compact(*args: str | Path, fault: str | None = None, timeout: float = 120) -
     if fault is not None:
         env["COMPACT_FAULT"] = fault
     r = subprocess.run(
-        [sys.executable, "-m", "cli.main", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, "-m", "nydus_compact", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
     )
     return Run(r.returncode, r.stdout, r.stderr)
 

@@ -24,8 +24,8 @@ import stat
 import subprocess
 from pathlib import Path
 
-from rafs import v6
-from rafs.cache import materialize
+from nydus_compact.rafs import v6
+from nydus_compact.rafs.cache import materialize
 
 FSCK = "fsck.erofs"
 

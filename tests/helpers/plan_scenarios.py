@@ -11,8 +11,8 @@ import os
 import random
 from pathlib import Path
 
-from mkimage.builder import BuildOptions, build_image
-from rafs.compression import Compressor
+from nydus_compact.mkimage.builder import BuildOptions, build_image
+from nydus_compact.rafs.compression import Compressor
 
 KiB = 1024
 CHUNK = 4 * KiB
