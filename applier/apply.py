@@ -18,7 +18,7 @@ from pathlib import Path
 from nydus_compact.backends.base import BlobBackend
 from nydus_compact.backends.config import BackendConfig
 from nydus_compact.backends.errors import BlobNotFoundError
-from nydus_compact.planner import __version__
+from nydus_compact import version
 from nydus_compact.planner.config import CompactConfig, canonical_json
 from nydus_compact.planner.errors import ChunkLostError, PlanError
 from nydus_compact.planner.facts import SourceBlob
@@ -82,7 +82,7 @@ class ApplyResult:
         """The output JSON: upstream-compatible version/bootstrap/blobs (of the first image), plus
         what changed; a fleet plan adds `images` with every image's new bootstrap and blob table."""
         doc = {
-            "version": __version__,
+            "version": version(),
             "bootstrap": str(self.bootstrap) if self.bootstrap else None,
             "blobs": self.blobs,
             "new_blobs": self.new_blobs,

@@ -23,7 +23,7 @@ from nydus_compact.store.db import Store
 from nydus_compact.store.index import index_bootstrap
 from nydus_compact.store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, save_plan
 
-from . import __version__
+from nydus_compact import version
 from .config import CompactConfig, canonical_json
 from .errors import PlanError
 from .facts import Facts, Flags
@@ -256,7 +256,7 @@ def _describe(
         occurrences_remapped=result.occurrences_remapped if changes else 0,
     )
     return Plan(
-        tool_version=__version__,
+        tool_version=version(),
         flags=inputs.flags.describe(),
         images=images,
         chunk_dict=dict_file,

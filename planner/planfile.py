@@ -12,19 +12,23 @@ import dataclasses
 import json
 import types
 import typing
-from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
 from nydus_compact.safeio import atomic_write_text
+from nydus_compact.templates import environment
 
 from .errors import PlanFileError
+from .formatting import human_size, summary_line
 from .plan import ACTIONS, FORMAT, Plan, SourceBlob
+
+if TYPE_CHECKING:
+    import jinja2
 
 MAX_PLAN_BYTES = 256 * 1024 * 1024
 
@@ -60,16 +64,6 @@ def _parse(text: str) -> object:
         return yaml.safe_load(text)
 
 
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
 
 def explain_blob(b: SourceBlob) -> str:
     """One line a reviewer reads above each blob block."""
@@ -95,26 +89,10 @@ def explain_blob(b: SourceBlob) -> str:
 
 
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(lambda name: resources.files("nydus_compact.templates").joinpath(name).read_text()),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
+    return environment(
+        {"y": lambda v: json.dumps(v, ensure_ascii=True), "human": human_size, "explain": explain_blob},
         autoescape=False,
-    )
-    env.filters["y"] = lambda v: json.dumps(v, ensure_ascii=True)
-    env.filters["human"] = human_size
-    env.filters["explain"] = explain_blob
-    return env
-
-
-def summary_line(plan: Plan) -> str:
-    s = plan.summary
-    if not s.changes:
-        return f"No changes: {s.noop_reason}."
-    return (
-        f"{s.blobs_before} blobs -> {s.blobs_after} ({s.new_blobs} new); "
-        f"read {human_size(s.bytes_to_read)}, write {human_size(s.bytes_to_write)}, "
-        f"reclaimable {human_size(s.reclaimable_bytes)}."
+        trim_blocks=False,
     )
 
 

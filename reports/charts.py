@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nydus_compact.planner.planfile import human_size
+from nydus_compact.planner.formatting import human_size
 
 from .views import PlanView
 

@@ -15,7 +15,8 @@ from nydus_compact.planner.config import CompactConfig
 from nydus_compact.planner.facts import Flags
 from nydus_compact.planner.pipeline import PlanInputs, make_plan
 from nydus_compact.planner.plan import Plan
-from nydus_compact.planner.planfile import human_size, summary_line, write_plan
+from nydus_compact.planner.formatting import human_size, summary_line
+from nydus_compact.planner.planfile import write_plan
 from nydus_compact.rafs.loader import load_bootstrap
 from nydus_compact.safeio import atomic_write_text
 from nydus_compact.store.db import Clock, Store, open_store, utc_now

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nydus_compact.planner.plan import Plan
-from nydus_compact.planner.planfile import human_size
+from nydus_compact.planner.formatting import human_size
 from nydus_compact.store.db import Store
 from nydus_compact.store.index import find_image, load_blobs, load_image, nodes_referencing
 from nydus_compact.store.plans import load_plan_recipe

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
-from importlib import resources
+from typing import TYPE_CHECKING
 
-import jinja2
-
-from nydus_compact.planner.planfile import human_size
+from nydus_compact.planner.formatting import human_size
+from nydus_compact.templates import environment
 
 from .charts import ratio_chart, size_chart
 from .views import Report
+
+if TYPE_CHECKING:
+    import jinja2
 
 FORMATS = ("md", "html")
 _PLAIN = re.compile(r"[0-9A-Za-z:._/+-]+")
@@ -37,15 +39,7 @@ def seconds(value: float | None) -> str:
 
 
 def _environment(autoescape: bool) -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(lambda name: resources.files("nydus_compact.templates").joinpath(name).read_text()),
-        undefined=jinja2.StrictUndefined,
-        autoescape=autoescape,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(
+    filters = dict(
         human=human_size,
         md=md,
         code=code,
@@ -54,7 +48,7 @@ def _environment(autoescape: bool) -> jinja2.Environment:
         num=lambda v: f"{v:.1f}",
         short=lambda v: (v or "-")[:12],
     )
-    return env
+    return environment(filters, autoescape=autoescape, trim_blocks=True)
 
 
 def render_report(report: Report, fmt: str) -> str:
