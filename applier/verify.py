@@ -14,11 +14,10 @@ from nydus_compact.backends.errors import BackendError
 from nydus_compact.rafs.blob import ChunkSource, VerifyStats
 from nydus_compact.rafs.model import Bootstrap
 from nydus_compact.store.db import Store
-from nydus_compact.store.runs import STEP_DONE, STEP_FAILED, record_step
+from nydus_compact.store.runs import STEP_DONE, STEP_FAILED, VERIFY_STEP, record_step
 
 BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")
 # Step key under which a verification of an apply run's output is kept in its audit trail.
-VERIFY_STEP = "verify"
 
 
 @dataclass

@@ -6,20 +6,17 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from nydus_compact.applier.apply import ApplyOptions, apply_plan
-from nydus_compact.applier.errors import ApplyError
-from nydus_compact.applier.overlay import NewImageBackend
-from nydus_compact.applier.verify import orphaned_blobs, record_verification, verify_image
-from nydus_compact.backends.config import FINGERPRINT_KEYS, BackendConfig, load_backend_config, open_backend
-from nydus_compact.planner.planfile import human_size, load_plan
-from nydus_compact.rafs.loader import load_bootstrap
-from nydus_compact.store.db import open_store
+from nydus_compact.planner.formatting import human_size
+from nydus_compact.store import default_state
 
 from .app import EXIT_ERROR, EXIT_OK, app
-from .plan_cmd import default_state
+
+if TYPE_CHECKING:  # imported by each command when it runs (fast start-up)
+    from nydus_compact.backends.config import BackendConfig
 
 
 @contextmanager
@@ -42,6 +39,9 @@ def progress_bar(enabled: bool):
 
 def plan_backend(plan_backend: dict, backend_config: Path | None, backend_type: str | None) -> BackendConfig:
     """The backend to read source blobs from: given again, or rebuilt from the plan for localfs."""
+    from nydus_compact.applier.errors import ApplyError
+    from nydus_compact.backends.config import FINGERPRINT_KEYS, BackendConfig, load_backend_config
+
     if backend_config is not None:
         return load_backend_config(backend_config, backend_type)
     if plan_backend.get("type") != "localfs":
@@ -72,6 +72,15 @@ def apply_command(
 
         compact apply plan.yaml -O image.compact.boot --output-json result.json
     """
+    from nydus_compact.applier.apply import ApplyOptions, apply_plan
+    from nydus_compact.applier.errors import ApplyError
+    from nydus_compact.applier.overlay import NewImageBackend
+    from nydus_compact.applier.verify import record_verification, verify_image
+    from nydus_compact.backends.config import open_backend
+    from nydus_compact.planner.planfile import load_plan
+    from nydus_compact.rafs.loader import load_bootstrap
+    from nydus_compact.store.db import open_store
+
     plan, recorded = load_plan(plan_file)
     bcfg = plan_backend(plan.backend, backend_config, backend_type)
     if blobs_dir is None:
@@ -114,8 +123,12 @@ def verify_command(
 
         compact verify image.compact.boot --blobs-dir blobs/
     """
-    from .plan_cmd import resolve_backend
+    from nydus_compact.applier.verify import verify_image
+    from nydus_compact.backends.config import open_backend
     from nydus_compact.planner.config import CompactConfig
+    from nydus_compact.rafs.loader import load_bootstrap
+
+    from .plan_cmd import resolve_backend
 
     bcfg = resolve_backend(blobs_dir, backend_config, backend_type, CompactConfig())
     bs = load_bootstrap(bootstrap)
@@ -140,6 +153,9 @@ def gc_command(
 
         compact gc --keep image.compact.boot --blobs-dir blobs/ --delete
     """
+    from nydus_compact.applier.verify import orphaned_blobs
+    from nydus_compact.rafs.loader import load_bootstrap
+
     kept = [load_bootstrap(p) for p in keep]
     orphans = orphaned_blobs(blobs_dir, kept)
     total = sum(p.stat().st_size for p in orphans)

@@ -6,17 +6,16 @@ import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nydus_compact.mkimage.builder import BuildOptions, BuildResult, build_image
 from nydus_compact.mkimage.errors import BuildError
-from nydus_compact.mkimage.sample import make_sample_layers
-from nydus_compact.rafs.compression import Compressor
-from nydus_compact.rafs.digest import Digester
 
 from .app import app
+
+if TYPE_CHECKING:  # imported when the command runs (fast start-up)
+    from nydus_compact.mkimage.builder import BuildResult
 
 _SIZE = re.compile(r"(?i)\s*(0x[0-9a-f]+|\d+)\s*(b|k|kib|m|mib|g|gib)?\s*")
 _UNITS = {None: 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
@@ -63,6 +62,11 @@ def mkimage_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Build a multi-layer Nydus image: one data blob per layer, one merged bootstrap."""
+    from nydus_compact.mkimage.builder import BuildOptions, build_image
+    from nydus_compact.mkimage.sample import make_sample_layers
+    from nydus_compact.rafs.compression import Compressor
+    from nydus_compact.rafs.digest import Digester
+
     if compressor not in _COMPRESSORS:
         raise BuildError(f"unknown compressor {compressor!r} (expected one of {', '.join(_COMPRESSORS)})")
     try:

@@ -6,24 +6,21 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from nydus_compact.backends.config import BackendConfig, load_backend_config, localfs_config, open_backend
-from nydus_compact.planner.config import CompactConfig, load_config_file, merge
-from nydus_compact.planner.errors import ConfigError
-from nydus_compact.planner.facts import Flags
-from nydus_compact.planner.pipeline import PlanInputs, make_plan
-from nydus_compact.planner.plan import Plan
-from nydus_compact.planner.planfile import human_size, load_plan, summary_line, write_plan
-from nydus_compact.store.db import open_store
+from nydus_compact.planner.formatting import human_size, summary_line
+from nydus_compact.store import default_state
 
 from .app import EXIT_CHANGES, EXIT_OK, app
 
-
-def default_state(plan_path: Path) -> Path:
-    """The store lives next to the plan: plan.yaml -> plan.state.sqlite."""
-    return plan_path.with_name(plan_path.stem + ".state.sqlite")
+# Each command imports what it needs when it runs: `compact --help` and `compact show` must not
+# pay for numpy, SQLite or the backends (issue 11, bench/startup.py).
+if TYPE_CHECKING:
+    from nydus_compact.backends.config import BackendConfig
+    from nydus_compact.planner.config import CompactConfig
+    from nydus_compact.planner.plan import Plan
 
 
 @contextmanager
@@ -41,6 +38,8 @@ def new_state_removed_on_failure(path: Path) -> Iterator[None]:
 
 def parse_chunk_dict(arg: str | None) -> Path | None:
     """`--chunk-dict [bootstrap=]PATH`, as nydus-image takes it."""
+    from nydus_compact.planner.errors import ConfigError
+
     if arg is None:
         return None
     kind, sep, path = arg.partition("=")
@@ -54,6 +53,9 @@ def parse_chunk_dict(arg: str | None) -> Path | None:
 def resolve_backend(
     blobs_dir: Path | None, backend_config: Path | None, backend_type: str | None, cfg: CompactConfig
 ) -> BackendConfig:
+    from nydus_compact.backends.config import load_backend_config, localfs_config
+    from nydus_compact.planner.errors import ConfigError
+
     if blobs_dir is not None and backend_config is not None:
         raise ConfigError("--blobs-dir and --backend-config are exclusive: give one")
     if backend_config is not None:
@@ -103,6 +105,13 @@ def plan_command(
 
         compact plan app-v1.boot app-v2.boot app-v3.boot --blobs-dir blobs/ -o fleet.yaml
     """
+    from nydus_compact.backends.config import open_backend
+    from nydus_compact.planner.config import CompactConfig, load_config_file, merge
+    from nydus_compact.planner.facts import Flags
+    from nydus_compact.planner.pipeline import PlanInputs, make_plan
+    from nydus_compact.planner.planfile import write_plan
+    from nydus_compact.store.db import open_store
+
     cfg = load_config_file(config) if config is not None else CompactConfig()
     cfg = merge(
         cfg,
@@ -145,6 +154,8 @@ def show_command(
 
         compact show plan.yaml
     """
+    from nydus_compact.planner.planfile import load_plan
+
     plan, recorded = load_plan(plan_file)
     if as_json:
         typer.echo(json.dumps({**plan.body(), "plan_digest": plan.digest}, indent=2, sort_keys=True))

@@ -2,56 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 
-from nydus_compact.planner.planfile import load_plan
-from nydus_compact.reports.demo import run_demo
 from nydus_compact.reports.errors import ReportError
-from nydus_compact.reports.explain import explain, plan_images, recorded_images, render_explanation
-from nydus_compact.reports.render import FORMATS, render_report
-from nydus_compact.reports.views import PlanView, Report, RunView, plan_view, plan_view_from_store, run_view, select_run
-from nydus_compact.safeio import atomic_write_text
-from nydus_compact.store.db import Store, open_store
 
 from .app import EXIT_ERROR, EXIT_OK, app
-from .plan_cmd import default_state
 
 DEFAULT_PLAN = Path("plan.yaml")
-
-
-@contextmanager
-def _plan_and_run(
-    plan_file: Path | None, state: Path | None, run_id: int | None
-) -> Iterator[tuple[PlanView | None, RunView | None, Store | None]]:
-    """The plan (from its file, else from the state's latest or chosen run) and that plan's run.
-
-    The store stays open for the caller; it is None when a plan file has no store beside it.
-    """
-    if plan_file is None:
-        if state is None:
-            raise ReportError("nothing to report on: give a plan file or --state PATH")
-        with open_store(state, create=False) as store:
-            run = select_run(store, None, run_id)
-            if run is None:
-                raise ReportError(f"{state}: no apply run recorded; give the plan file to report on a plan")
-            view = plan_view_from_store(store, run.plan_digest)
-            yield view, run_view(store, run, view), store
-        return
-    plan, recorded = load_plan(plan_file)
-    view = plan_view(plan, f"plan file {plan_file}", recorded)
-    store_path = state or default_state(plan_file)
-    if state is None and not store_path.exists():
-        if run_id is not None:
-            raise ReportError(f"{store_path}: no state store next to the plan; pass --state PATH")
-        yield view, None, None
-        return
-    with open_store(store_path, create=False) as store:
-        run = select_run(store, plan.digest, run_id)
-        yield view, run_view(store, run, view) if run is not None else None, store
 
 
 @app.command("report")
@@ -71,11 +30,15 @@ def report_command(
         compact report plan.yaml --format html -o report.html
         compact report --state plan.state.sqlite --run 2
     """
+    from nydus_compact.reports.render import FORMATS, render_report
+    from nydus_compact.reports.views import Report, report_views
+    from nydus_compact.safeio import atomic_write_text
+
     if fmt is None:
         fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "md"
     if fmt not in FORMATS:
         raise ReportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    with _plan_and_run(plan_file, state, run_id) as (view, run, _):
+    with report_views(plan_file, state, run_id) as (view, run, _):
         text = render_report(Report(view, run), fmt)
     if output is None:
         typer.echo(text, nl=False)
@@ -100,11 +63,15 @@ def explain_command(
 
         compact explain 89db322f --plan plan.yaml --top 5
     """
+    from nydus_compact.planner.planfile import load_plan
+    from nydus_compact.reports.explain import explain, plan_images, recorded_images, render_explanation
+    from nydus_compact.reports.views import report_views
+
     if plan_file is None and state is None:
         if not DEFAULT_PLAN.is_file():
             raise ReportError(f"no ./{DEFAULT_PLAN} here: give --plan PLAN.yaml or --state PATH")
         plan_file = DEFAULT_PLAN
-    with _plan_and_run(plan_file, state, None) as (view, run, store):
+    with report_views(plan_file, state, None) as (view, run, store):
         if view is None:
             raise ReportError(f"{state}: the plan of the latest apply run is not recorded; pass --plan PLAN.yaml")
         # A fleet plan is answered per image: from the plan file's referenced_by, else from the store.
@@ -126,6 +93,8 @@ def demo_command(
 
         compact demo /tmp/compact-demo
     """
+    from nydus_compact.reports.demo import run_demo
+
     result = run_demo(directory, force=force)
     for line in result.lines():
         typer.echo(line)

@@ -10,20 +10,32 @@ medium: the templates do that.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
+from nydus_compact.planner.formatting import human_size
 from nydus_compact.planner.plan import Plan
-from nydus_compact.planner.planfile import human_size
-from nydus_compact.store.db import Store
+from nydus_compact.planner.planfile import load_plan
+from nydus_compact.store import default_state
+from nydus_compact.store.db import Store, open_store
 from nydus_compact.store.errors import StoreError
 from nydus_compact.store.index import load_blobs, load_image
 from nydus_compact.store.plans import load_plan_recipe
-from nydus_compact.store.runs import STEP_COMPLETE, STEP_DONE, STEP_SKIPPED, Run, Step, list_runs, steps
+from nydus_compact.store.runs import (
+    STEP_COMPLETE,
+    STEP_DONE,
+    STEP_SKIPPED,
+    VERIFY_STEP,
+    Run,
+    Step,
+    list_runs,
+    steps,
+)
 
 from .errors import ReportError
-
-from nydus_compact.applier.verify import VERIFY_STEP
 KEPT_ACTIONS = frozenset({"keep", "dict-keep"})
 
 
@@ -434,3 +446,34 @@ def run_view(store: Store, run: Run, plan: PlanView | None) -> RunView:
         steps=[s for s in rows if s.key != VERIFY_STEP],
         verification=next((s for s in rows if s.key == VERIFY_STEP), None),
     )
+
+
+@contextmanager
+def report_views(
+    plan_file: Path | None, state: Path | None, run_id: int | None
+) -> Iterator[tuple[PlanView | None, RunView | None, Store | None]]:
+    """The plan (from its file, else from the state's latest or chosen run) and that plan's run.
+
+    The store stays open for the caller; it is None when a plan file has no store beside it.
+    """
+    if plan_file is None:
+        if state is None:
+            raise ReportError("nothing to report on: give a plan file or --state PATH")
+        with open_store(state, create=False) as store:
+            run = select_run(store, None, run_id)
+            if run is None:
+                raise ReportError(f"{state}: no apply run recorded; give the plan file to report on a plan")
+            view = plan_view_from_store(store, run.plan_digest)
+            yield view, run_view(store, run, view), store
+        return
+    plan, recorded = load_plan(plan_file)
+    view = plan_view(plan, f"plan file {plan_file}", recorded)
+    store_path = state or default_state(plan_file)
+    if state is None and not store_path.exists():
+        if run_id is not None:
+            raise ReportError(f"{store_path}: no state store next to the plan; pass --state PATH")
+        yield view, None, None
+        return
+    with open_store(store_path, create=False) as store:
+        run = select_run(store, plan.digest, run_id)
+        yield view, run_view(store, run, view) if run is not None else None, store

@@ -1,1 +1,8 @@
 """The SQLite store: schema and every SQL statement of nydus-compact live here."""
+
+from pathlib import Path
+
+
+def default_state(plan_path: Path) -> Path:
+    """The store lives next to the plan: plan.yaml -> plan.state.sqlite."""
+    return plan_path.with_name(plan_path.stem + ".state.sqlite")

@@ -26,6 +26,7 @@ STEP_SKIPPED = "skipped"  # the output already existed with the recorded size an
 STEP_FAILED = "failed"
 STEP_STATUSES = frozenset({STEP_RUNNING, STEP_DONE, STEP_SKIPPED, STEP_FAILED})
 STEP_COMPLETE = frozenset({STEP_DONE, STEP_SKIPPED})
+VERIFY_STEP = "verify"  # the key of the step `apply --verify` records
 
 
 @dataclass(frozen=True)
