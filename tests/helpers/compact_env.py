@@ -7,21 +7,18 @@ plans and applies go through the real CLI, in-process (``cli``) or as a subproce
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from nydus_compact.cli.main import main
 from nydus_compact.mkimage.builder import BuildOptions, build_image
 from nydus_compact.mkimage.sample import make_sample_layers
 from nydus_compact.rafs.compression import Compressor
 from nydus_compact.rafs.digest import Digester
+
+from .cli import Run, cli, compact  # noqa: F401  (the tests import them from here too)
 
 CHUNK = 64 * 1024
 # Gives every kind of decision at once on the sample: blob 0 rebuilt (ratio 23 %), blob 1 kept,
@@ -33,13 +30,6 @@ OPTIONS = {
     5: BuildOptions(fs_version=5, chunk_size=CHUNK, compressor=Compressor.LZ4_BLOCK, digester=Digester.SHA256),
     6: BuildOptions(fs_version=6, chunk_size=CHUNK, compressor=Compressor.ZSTD, digester=Digester.BLAKE3),
 }
-
-
-@dataclass
-class Run:
-    rc: int
-    out: str
-    err: str
 
 
 @dataclass
@@ -93,25 +83,6 @@ def build_with_dict(layers: list[Path], dict_layer: Path, root: Path, version: i
     for blob in d.blob_paths:
         shutil.copyfile(blob, image.blobs / blob.name)
     return image, d.bootstrap_path
-
-
-def cli(*args: str | Path) -> Run:
-    """`compact ARGS` in this process (fast); stdout and stderr captured."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return Run(rc, out.getvalue(), err.getvalue())
-
-
-def compact(*args: str | Path, fault: str | None = None, timeout: float = 120) -> Run:
-    """`compact ARGS` as a separate process; ``fault`` sets COMPACT_FAULT."""
-    env = {k: v for k, v in os.environ.items() if k != "COMPACT_FAULT"}
-    if fault is not None:
-        env["COMPACT_FAULT"] = fault
-    r = subprocess.run(
-        [sys.executable, "-m", "nydus_compact", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env
-    )
-    return Run(r.returncode, r.stdout, r.stderr)
 
 
 def plan(image: Image, *options: str | Path) -> Run:
