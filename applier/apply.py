@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -19,13 +21,14 @@ from nydus_compact.backends.base import BlobBackend
 from nydus_compact.backends.config import BackendConfig
 from nydus_compact.backends.errors import BlobNotFoundError
 from nydus_compact import version
+from nydus_compact.backends.localfs import LocalFsBackend
 from nydus_compact.planner.config import CompactConfig, canonical_json
 from nydus_compact.planner.errors import ChunkLostError, PlanError
 from nydus_compact.planner.facts import SourceBlob
 from nydus_compact.planner.fleet import ImageProjection, Union, project, unite
 from nydus_compact.planner.layout import Layout, NewBlob, TableEntry, layout
 from nydus_compact.planner.plan import Plan
-from nydus_compact.planner.review import decisions_from_plan, explain_lost
+from nydus_compact.planner.review import decisions_from_plan, explain_lost, path_of_occurrence
 from nydus_compact.rafs import v5, v6
 from nydus_compact.rafs.loader import load_bootstrap
 from nydus_compact.rafs.model import BlobInfo, Bootstrap, empty_chunks
@@ -44,13 +47,14 @@ from nydus_compact.store.runs import (
     start_run,
 )
 
-from .blobs import WrittenBlob, file_sha256, same_file, temp_prefix, write_new_blob
-from .errors import ApplyError
+from .blobs import CopyJob, SourceCheck, WrittenBlob, file_sha256, same_file, temp_prefix, write_new_blob
+from .errors import ApplyError, SourceCorruptError
 from .faults import fault_point
-from .lock import blobs_dir_lock
+from .lock import blobs_dirs_locked
 from .verify import BLOB_NAME
 
-Progress = Callable[[str, int, int], None]  # (label, done bytes, total bytes)
+# (label, done bytes, total bytes); a total of 0 announces a phase that counts no bytes.
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -59,9 +63,10 @@ class ApplyOptions:
     blobs_dir: Path  # where new blobs are written
     output_bootstrap: Path | None = None  # single-image plans only
     output_json: Path | None = None
-    verify: bool = False
-    jobs: int = 1
+    verify: bool = False  # check the new image after writing it
+    jobs: int = 2  # new blobs written at once
     output_dir: Path | None = None  # new bootstraps go here, named after their sources
+    verify_sources: bool = True  # check every copied chunk against its digest
 
 
 @dataclass
@@ -221,7 +226,7 @@ def apply_plan(
     if opts.output_dir is not None:
         opts.output_dir.mkdir(parents=True, exist_ok=True)
     opts.blobs_dir.mkdir(parents=True, exist_ok=True)
-    with blobs_dir_lock(opts.blobs_dir):
+    with blobs_dirs_locked(opts.blobs_dir, _local_dirs(backend)):
         tmp = temp_prefix(digest)
         previous = find_run(store, digest)
         if previous is not None and previous.status == RUN_SUCCEEDED and previous.outputs == outputs:
@@ -240,14 +245,23 @@ def apply_plan(
             remove_stale_temps(directory, prefix=tmp)
         run = start_run(store, digest, outputs=outputs, inputs=inputs)
         try:
-            written = _write_blobs(plan, result, sources, backend, opts, store, run.id, digest, images[0], progress)
+            src = images[0]
+            job = CopyJob(
+                sources, backend, opts.blobs_dir, src.version, src.chunk_size, digest,
+                whole_file_id=bool(plan.flags.get("i2_whole_file_id", True)) or src.version == 5,
+                check=SourceCheck(_user_of(prep, images), os.cpu_count() or 1) if opts.verify_sources else None,
+            )
+            written = _write_blobs(prep, job, store, run.id, opts.jobs, progress)
             _publish_blobs(backend, result, written, store, run.id)
             done = completed_steps(store, run.id)
             tables = []
             for k, (key, out_boot) in enumerate(boots.items()):
+                if progress is not None:
+                    progress(f"writing bootstrap {out_boot.name}", 0, 0)
                 proj = project(prep.union, result, k)
                 tables.append(proj.table)
                 new_bs = _new_bootstrap(images[k], proj, written, prep.infos)
+                _check_table(new_bs, written, backend)
                 data = v5.dump(new_bs) if new_bs.version == 5 else v6.dump(new_bs)
                 boot_sha = hashlib.sha256(data).hexdigest()
                 step = done.get(key)
@@ -291,6 +305,34 @@ def _check_output_paths(plan: Plan, opts: ApplyOptions, out_boots: list[Path]) -
         taken[where] = f"the {flag} output"
 
 
+def _local_dirs(backend: BlobBackend) -> list[Path]:
+    """The directories a local backend reads blobs from (locked while apply runs)."""
+    if not isinstance(backend, LocalFsBackend):
+        return []
+    return [d for d in (backend.dir, *backend.alt_dirs) if d is not None]
+
+
+def _check_table(bs: Bootstrap, written: dict[int, WrittenBlob], backend: BlobBackend) -> None:
+    """Every blob of a new bootstrap's table is there with its size, right before the bootstrap
+    that names them is written (a blob deleted meanwhile would make the image unreadable)."""
+    new = {wb.info.blob_id: wb for wb in written.values()}
+    for info in bs.blobs:
+        wb = new.get(info.blob_id)
+        try:
+            size = wb.path.stat().st_size if wb is not None else backend.blob_size(info.blob_id)
+        except (OSError, BlobNotFoundError):
+            size = None
+        where = wb.path if wb is not None else f"blob {info.blob_id}"
+        if size is None:
+            raise ApplyError(f"{where} is gone (deleted while apply ran?); the new bootstrap was not written, rerun apply")
+        too_short = size != info.compressed_size if wb is not None else size < info.compressed_size
+        if too_short:
+            raise ApplyError(
+                f"{where} is {size} bytes, its blob-table entry says {info.compressed_size}; "
+                "the new bootstrap was not written"
+            )
+
+
 def _check_outputs(done: dict, blobs_dir: Path, boots: dict[str, Path]) -> list[str]:
     problems = []
     for key, step in done.items():
@@ -302,47 +344,36 @@ def _check_outputs(done: dict, blobs_dir: Path, boots: dict[str, Path]) -> list[
 
 
 def _write_blobs(
-    plan: Plan,
-    result: Layout,
-    sources: list[SourceBlob],
-    backend: BlobBackend,
-    opts: ApplyOptions,
-    store: Store,
-    run_id: int,
-    digest: str,
-    src: Bootstrap,
-    progress: Progress | None,
+    prep: Prepared, job: CopyJob, store: Store, run_id: int, jobs: int, progress: Progress | None
 ) -> dict[int, WrittenBlob]:
     done = completed_steps(store, run_id)
     written: dict[int, WrittenBlob] = {}
     todo: list[NewBlob] = []
-    for nb in result.new_blobs:
+    for nb in prep.layout.new_blobs:
         step = done.get(f"blob:g{nb.group}")
-        if step is not None and same_file(opts.blobs_dir / step.blob_id, step.size, step.sha256):
-            info = _info_from_step(nb, step, src.chunk_size, opts.blobs_dir)
-            written[nb.group] = WrittenBlob(info, opts.blobs_dir / step.blob_id, step.sha256, 0, 0, True)
+        if step is not None and same_file(job.out_dir / step.blob_id, step.size, step.sha256):
+            info = _info_from_step(nb, step, job.chunk_size, job.out_dir)
+            written[nb.group] = WrittenBlob(info, job.out_dir / step.blob_id, step.sha256, 0, 0, True)
         else:
             todo.append(nb)
     total = sum(int(nb.reads["length"].sum()) for nb in todo)
     copied = [0]
+    lock = threading.Lock()
 
     def advance(n: int) -> None:
-        copied[0] += n
-        if progress is not None:
-            progress("copying chunks", copied[0], total)
+        with lock:
+            copied[0] += n
+            if progress is not None:
+                progress("copying chunks", copied[0], total)
 
-    def work(nb: NewBlob) -> WrittenBlob:
-        return write_new_blob(
-            nb, sources, backend, opts.blobs_dir, version=src.version, chunk_size=src.chunk_size,
-            plan_digest=digest, whole_file_id=bool(plan.flags.get("i2_whole_file_id", True)) or src.version == 5,
-            verify=opts.verify, progress=advance,
-        )
-
+    job.progress = advance
     for nb in todo:
         record_step(store, run_id, f"blob:g{nb.group}", STEP_RUNNING)
-    pool = ThreadPoolExecutor(max_workers=max(1, opts.jobs))
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="new-blob")
+    futures = [pool.submit(write_new_blob, nb, job) for nb in todo]
     try:
-        for nb, wb in zip(todo, pool.map(work, todo)):
+        for nb, future in zip(todo, futures):
+            wb = future.result()
             fault_point(f"blob-done:g{nb.group}")
             record_step(
                 store, run_id, f"blob:g{nb.group}", STEP_SKIPPED if wb.reused else STEP_DONE,
@@ -350,10 +381,34 @@ def _write_blobs(
                 size=wb.info.compressed_size, sha256=wb.sha256, detail=_info_detail(wb.info),
             )
             written[nb.group] = wb
-    finally:
-        # After a failure, groups not yet started are not copied for nothing.
+    except BaseException as exc:
+        # The other copies stop at their next read and remove their temp files.
+        job.cancel.set()
         pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(exc, SourceCorruptError):
+            # A corrupt source publishes nothing, not even the new blobs that were sound.
+            for future in futures:
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    if not future.result().reused:
+                        future.result().path.unlink(missing_ok=True)
+        raise
+    finally:
+        pool.shutdown()
+        if job.check is not None:
+            job.check.close()
     return written
+
+
+def _user_of(prep: Prepared, images: list[Bootstrap]) -> Callable[[int], str]:
+    """The path of a file that uses a union occurrence, for messages about a chunk."""
+
+    def user_of(occurrence: int) -> str:
+        for k, (start, end) in enumerate(prep.union.slices):
+            if start <= occurrence < end:
+                return f"{path_of_occurrence(images[k], occurrence - start)} in {prep.paths[k]}"
+        return "the chunk dict"
+
+    return user_of
 
 
 def _publish_blobs(

@@ -11,8 +11,10 @@ import bisect
 import contextlib
 import hashlib
 import os
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,14 @@ from nydus_compact.rafs.flags import ChunkFlags
 from nydus_compact.rafs.model import BlobInfo
 from nydus_compact.safeio import TMP_PREFIX, fsync_dir
 
-from .errors import ApplyError
+from .errors import ApplyCancelled, ApplyError, SourceCorruptError
 from .faults import fault_point
 
 # Reads are split at chunk boundaries so no single request holds more than this in memory.
 MAX_READ = 16 << 20
+# Read buffers per new blob being written: one being written while the checks of the two reads
+# before it run.
+RING = 3
 
 
 @dataclass
@@ -82,29 +87,101 @@ def same_file(path: Path, size: int, sha: str) -> bool:
     return path.is_file() and path.stat().st_size == size and file_sha256(path) == sha
 
 
-def write_new_blob(
-    nb: NewBlob,
-    sources: list[SourceBlob],
-    backend: BlobBackend,
-    out_dir: Path,
-    *,
-    version: int,
-    chunk_size: int,
-    plan_digest: str,
-    whole_file_id: bool,
-    verify: bool,
-    progress: Callable[[int], None] | None = None,
-) -> WrittenBlob:
+class SourceCheck:
+    """Checks copied source chunks against their digests on worker threads (decompress + digest
+    release the GIL), so the check overlaps the copy instead of adding to it.
+
+    ``user_of`` names a file that uses a recipe occurrence, for the error message."""
+
+    def __init__(self, user_of: Callable[[int], str], workers: int):
+        self._user_of = user_of
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify-source")
+
+    def submit(self, rows: np.ndarray, data: memoryview, base: int, blob: SourceBlob) -> Future:
+        return self._pool.submit(self._check, rows, data, base, blob)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _check(self, rows: np.ndarray, data: memoryview, base: int, blob: SourceBlob) -> None:
+        """Every chunk of one read decompresses to its digest; else SourceCorruptError."""
+        digests = rows["digest"].tobytes()
+        compressed = (rows["flags"] & ChunkFlags.COMPRESSED) != 0
+        for k, (offset, size, usize, packed) in enumerate(
+            zip(rows["source_offset"].tolist(), rows["compressed_size"].tolist(),
+                rows["uncompressed_size"].tolist(), compressed.tolist())
+        ):  # fmt: skip
+            stored = data[offset - base : offset - base + size]
+            try:
+                plain = decompress(blob.compressor, stored, usize) if packed else stored
+            except ValueError as exc:
+                raise self._corrupt(blob, offset, rows[k], f"does not decompress: {exc}") from None
+            if digest(blob.digester, plain) != digests[32 * k : 32 * k + 32]:
+                raise self._corrupt(blob, offset, rows[k], "content does not match its digest")
+
+    def _corrupt(self, blob: SourceBlob, offset: int, row: np.void, what: str) -> SourceCorruptError:
+        user = self._user_of(int(row["occurrence"]))
+        return SourceCorruptError(f"blob {blob.blob_id}: chunk at compressed offset {offset} (used by {user}): {what}")
+
+
+@dataclass
+class CopyJob:
+    """What every new blob of one apply shares."""
+
+    sources: list[SourceBlob]
+    backend: BlobBackend
+    out_dir: Path
+    version: int
+    chunk_size: int
+    plan_digest: str
+    whole_file_id: bool
+    check: SourceCheck | None = None  # None: source chunks are copied unchecked
+    progress: Callable[[int], None] | None = None  # bytes read
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next read
+
+
+class _Buffers:
+    """A ring of reusable read buffers; a slot is reused once the check of its last read is done."""
+
+    def __init__(self, size: int):
+        self._size = size
+        self._slots: list[memoryview] = []
+        self._checks: list[Future | None] = [None] * RING
+        self._next = 0
+
+    def take(self, length: int) -> tuple[int, memoryview]:
+        k = self._next
+        self._next = (k + 1) % RING
+        self._settle(k)
+        if k == len(self._slots):
+            self._slots.append(memoryview(bytearray(self._size)))
+        return k, self._slots[k][:length]
+
+    def hold(self, k: int, check: Future) -> None:
+        self._checks[k] = check
+
+    def drain(self) -> None:
+        for k in range(RING):
+            self._settle(k)
+
+    def _settle(self, k: int) -> None:
+        check, self._checks[k] = self._checks[k], None
+        if check is not None:
+            check.result()
+
+
+def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
     group = f"g{nb.group}"
-    tmp = out_dir / temp_name(plan_digest, nb.group)
+    out_dir = job.out_dir
+    tmp = out_dir / temp_name(job.plan_digest, nb.group)
     rec = nb.chunks
     counts = [0, 0]  # bytes read, requests
-    half = len(nb.reads) // 2
+    pieces = list(split_reads(nb))
+    half = len(pieces) // 2
 
     def runs() -> Iterator[memoryview]:
         """The recipe's stored bytes in write order: one slice of a read per run of chunks that are
         adjacent in the source, so a read of adjacent chunks is written in one go."""
-        pieces = list(split_reads(nb))
         piece_first = np.array([p[3] for p in pieces], dtype=np.int64)
         starts = rec["source_offset"]
         ends = starts + rec["compressed_size"]
@@ -116,25 +193,30 @@ def write_new_blob(
         run_first = np.flatnonzero(cut)
         run_lo, run_hi = starts[cut].tolist(), ends[last].tolist()
         piece_runs = [*np.searchsorted(run_first, piece_first).tolist(), len(run_first)]
+        buffers = _Buffers(max(p[2] for p in pieces))
         for n, (src, offset, length, first, count) in enumerate(pieces):
+            if job.cancel.is_set():
+                raise ApplyCancelled(f"copy of {group} stopped")
             if n == half:
                 fault_point(f"blob-mid:{group}")
-            blob = sources[src]
-            data = memoryview(backend.read_exact(blob.blob_id, offset, length))
+            blob = job.sources[src]
+            slot, data = buffers.take(length)
+            job.backend.readinto(blob.blob_id, offset, data)
             counts[0] += length
             counts[1] += 1
-            if verify:
-                _verify_chunks(rec[first : first + count], data, offset, blob)
+            if job.check is not None:
+                buffers.hold(slot, job.check.submit(rec[first : first + count], data, offset, blob))
             for r in range(piece_runs[n], piece_runs[n + 1]):
                 yield data[run_lo[r] - offset : run_hi[r] - offset]
-            if progress is not None:
-                progress(length)
+            if job.progress is not None:
+                job.progress(length)
+        buffers.drain()  # nothing is published before every chunk passed its check
 
     try:
         with open(tmp, "wb") as raw:
             writer = BlobWriter(
-                raw, version=version, compressor=nb.compressor, digester=nb.digester,
-                chunk_size=chunk_size, aligned=nb.aligned,
+                raw, version=job.version, compressor=nb.compressor, digester=nb.digester,
+                chunk_size=job.chunk_size, aligned=nb.aligned,
             )
             ci = writer.add_chunks(
                 runs(), compressed_sizes=rec["compressed_size"], uncompressed_sizes=rec["uncompressed_size"],
@@ -145,7 +227,7 @@ def write_new_blob(
             raw.flush()
             os.fsync(raw.fileno())
         sha = info.blob_id  # no ToC: the blob id is the whole file's sha256 (blob-v6.md §11)
-        if not whole_file_id:
+        if not job.whole_file_id:
             # Upstream names a new blob by the sha256 of its chunk data only (B17).
             info.blob_id = writer.chunk_data_sha256
         fault_point(f"blob-written:{group}")
@@ -157,21 +239,6 @@ def write_new_blob(
             tmp.unlink()
         raise
     return WrittenBlob(info, final, sha, counts[0], counts[1], reused)
-
-
-def _verify_chunks(rows: np.ndarray, data: memoryview, base: int, blob: SourceBlob) -> None:
-    """Every chunk of one read decompresses to its digest (--verify)."""
-    for row in rows:
-        start = int(row["source_offset"]) - base
-        stored = bytes(data[start : start + int(row["compressed_size"])])
-        where = f"blob {blob.blob_id}: chunk at compressed offset {int(row['source_offset'])}"
-        try:
-            compressed = bool(int(row["flags"]) & ChunkFlags.COMPRESSED)
-            plain = decompress(blob.compressor, stored, int(row["uncompressed_size"])) if compressed else stored
-        except ValueError as exc:
-            raise ApplyError(f"{where}: does not decompress: {exc}") from None
-        if digest(blob.digester, plain) != bytes(row["digest"]):
-            raise ApplyError(f"{where}: content does not match its digest")
 
 
 def _check_landed(ci: np.ndarray, rec: np.ndarray) -> None:

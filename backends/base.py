@@ -75,6 +75,12 @@ class BlobBackend(ABC):
     def close(self) -> None:
         """Release open files and connections. The backend may not be used afterwards."""
 
+    def readinto(self, blob_id: str, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` with the blob's bytes at ``offset`` (exactly ``len(buf)`` of them).
+
+        Lets a copier reuse one buffer for every read; local backends read straight into it."""
+        buf[:] = self.read_exact(blob_id, offset, len(buf))
+
     def upload_blob(self, blob_id: str, path: Path) -> bool:
         """Publish a finished blob file where this backend serves blobs from (only when
         ``accepts_uploads``). True: uploaded; False: the backend already had it."""

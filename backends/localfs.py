@@ -95,13 +95,30 @@ class LocalFsBackend(BlobBackend):
     def blob_size(self, blob_id: str) -> int:
         return self._open(blob_id)[1]
 
-    def read_exact(self, blob_id: str, offset: int, size: int) -> bytes:
+    def _checked(self, blob_id: str, offset: int, size: int) -> tuple[int, Path]:
         fd, file_size, path = self._open(blob_id)
         if offset < 0 or size < 0:
             raise BackendError(f"blob {blob_id}: invalid range offset {offset} size {size}")
         # Checked against the size seen at open so a bogus size never turns into a huge buffer.
         if offset + size > file_size:
             raise short_read_error(blob_id, offset, size, max(0, min(size, file_size - offset)))
+        return fd, path
+
+    def readinto(self, blob_id: str, offset: int, buf: memoryview) -> None:
+        size = len(buf)
+        fd, path = self._checked(blob_id, offset, size)
+        done = 0
+        while done < size:
+            try:
+                n = os.preadv(fd, [buf[done:]], offset + done)
+            except OSError as exc:
+                raise BackendError(f"blob {blob_id}: read error in {path}: {exc.strerror or exc}") from None
+            if not n:
+                raise short_read_error(blob_id, offset, size, done)
+            done += n
+
+    def read_exact(self, blob_id: str, offset: int, size: int) -> bytes:
+        fd, path = self._checked(blob_id, offset, size)
         if size == 0:
             return b""
         parts: list[bytes] = []

@@ -62,8 +62,9 @@ def apply_command(
     backend_config: Path | None = typer.Option(None, "--backend-config", help="Backend config for source blobs, when the plan's backend is not localfs."),
     backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw --backend-config."),
     output_json: Path | None = typer.Option(None, "--output-json", "-J", help="Write the result JSON here."),
-    verify: bool = typer.Option(False, "--verify", help="Check every copied chunk, then every chunk of the new image, against its digest."),
-    jobs: int = typer.Option(1, "--jobs", "-j", min=1, max=64, help="New blobs written in parallel."),
+    verify: bool = typer.Option(False, "--verify", help="After writing, check every chunk of the new image against its digest."),
+    verify_sources: bool = typer.Option(True, "--verify-sources/--no-verify-sources", help="Check every copied source chunk against its digest while copying (on by default; a corrupt source publishes nothing)."),
+    jobs: int = typer.Option(2, "--jobs", "-j", min=1, max=64, help="New blobs written in parallel."),
     state: Path | None = typer.Option(None, "--state", help="SQLite state store (default: PLAN.state.sqlite next to the plan)."),
 ) -> int:
     """Execute a plan: write new blobs and the new bootstrap. Idempotent and resumable.
@@ -88,7 +89,7 @@ def apply_command(
         if not default:
             raise ApplyError("where should new blobs go? pass --blobs-dir DIR")
         blobs_dir = Path(default)
-    opts = ApplyOptions(plan_file, blobs_dir, output_bootstrap, output_json, verify, jobs, output_dir)
+    opts = ApplyOptions(plan_file, blobs_dir, output_bootstrap, output_json, verify, jobs, output_dir, verify_sources)
     with open_backend(bcfg) as backend, open_store(state or default_state(plan_file)) as store:
         with progress_bar(sys.stderr.isatty()) as progress:
             result = apply_plan(plan, recorded, opts, backend, bcfg, store, progress)

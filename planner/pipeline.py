@@ -243,6 +243,13 @@ def _describe(
         for bid, why in missing.items()
         if bid not in result.deletable
     ]
+    kept = {e.blob_id for e in result.table if e.blob_id is not None} if changes else {b.blob_id for b in facts.blobs}
+    findings += [
+        f"blob {b.blob_id} is {sizes[b.blob_id]} bytes, shorter than the {b.compressed_size} its blob-table entry "
+        "says; it is kept, but its chunks past the end cannot be read (`compact verify` will fail)"
+        for b in blobs
+        if b.blob_id in kept and b.blob_id in sizes and 0 < b.compressed_size and sizes[b.blob_id] < b.compressed_size
+    ]
     summary = Summary(
         changes=changes,
         noop_reason=None if changes else noop_reason,

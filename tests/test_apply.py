@@ -35,12 +35,16 @@ from helpers.compact_env import (
 from helpers.erofs import check_v6_image
 from test_mkimage import apply_layers
 
+from nydus_compact.applier.apply import ApplyOptions, apply_plan
+from nydus_compact.applier.errors import ApplyError
+from nydus_compact.backends.config import BackendConfig
 from nydus_compact.backends.localfs import LocalFsBackend
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.rafs.blob import ChunkSource
 from nydus_compact.rafs.flags import SuperFlags
 from nydus_compact.rafs.loader import load_bootstrap
 from nydus_compact.rafs.model import Bootstrap
+from nydus_compact.store.db import open_store
 
 V5_FIXTURE = "sha256-nocompress-repeatable"
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
@@ -377,27 +381,45 @@ def test_an_edited_plan_that_keeps_every_chunk_applies(layers, tmp_path):
     assert_same_files(src, image.blobs, new, serve_only_table(new, image.blobs, tmp_path / "served"))
 
 
-def test_verify_refuses_to_copy_a_corrupt_source_chunk(layers, tmp_path):
-    image = build(layers, tmp_path / "image", 5)
+def _flip_a_byte(blob: Path, offset: int) -> None:
+    data = bytearray(blob.read_bytes())
+    data[offset + 5] ^= 0xFF
+    blob.write_bytes(bytes(data))
+
+
+def _replace_with_random_bytes(blob: Path, offset: int) -> None:
+    blob.write_bytes(np.random.default_rng(1).bytes(blob.stat().st_size))
+
+
+@pytest.mark.parametrize("corrupt", [_flip_a_byte, _replace_with_random_bytes], ids=["flipped-byte", "random-blob"])
+@pytest.mark.parametrize("version", [5, 6])
+def test_a_corrupt_source_chunk_publishes_nothing(layers, tmp_path, corrupt, version):
+    image = build(layers, tmp_path / "image", version)
     plan(image, *REBUILD_AND_MERGE)
     src = load_bootstrap(image.boot)
     rebuilt = src.blobs[0]  # g0 copies tool-a's chunks from it
     (tool_a,) = [n for n in src.nodes if n.path == b"/usr/bin/tool-a"]
     offset = int(src.node_chunks(tool_a)["compressed_offset"][0])
-    blob = image.blobs / rebuilt.blob_id
-    data = bytearray(blob.read_bytes())
-    data[offset + 5] ^= 0xFF
-    blob.write_bytes(bytes(data))
+    corrupt(image.blobs / rebuilt.blob_id, offset)
+    users = {n.path.decode() for n in src.nodes if 0 in src.node_chunks(n)["blob_index"]}
     listing = sorted(p.name for p in image.blobs.iterdir())
 
-    r = cli("apply", image.plan, "--verify")
+    r = compact("apply", image.plan, "--output-json", tmp_path / "result.json")
 
-    assert r.rc == 1 and r.err.count("\n") == 1, r.err
-    assert f"blob {rebuilt.blob_id}: chunk at compressed offset {offset}" in r.err and "digest" in r.err, r.err
-    assert not image.new_boot.exists()
-    # g1 may have finished meanwhile: a complete blob named by its sha256; g0 was never published.
-    extra = [p for p in image.blobs.iterdir() if p.name not in listing and p.name != ".compact.lock"]
-    assert len(extra) <= 1 and all(hashlib.sha256(p.read_bytes()).hexdigest() == p.name for p in extra), extra
+    assert r.rc == 1 and r.err.count("\n") == 1 and r.err.startswith("compact: error: "), r.err
+    assert f"blob {rebuilt.blob_id}: chunk at compressed offset " in r.err, r.err
+    if corrupt is _flip_a_byte:
+        assert f"compressed offset {offset} " in r.err, r.err
+    assert any(f"(used by {path} in {image.boot})" in r.err for path in users), r.err
+    assert "does not decompress" in r.err or "does not match its digest" in r.err, r.err
+    # Nothing published: no bootstrap, no JSON, no new blob, no temp file.
+    assert not image.new_boot.exists() and not (tmp_path / "result.json").exists()
+    assert sorted(p.name for p in image.blobs.iterdir() if p.name != ".compact.lock") == listing
+    assert not list(tmp_path.rglob(".compact-tmp.*"))
+
+    # Without the check, the same plan applies (the user asked to copy the bytes as they are).
+    unchecked = cli("apply", image.plan, "--no-verify-sources")
+    assert unchecked.rc == 0 and unchecked.out.startswith("resumed and applied:"), unchecked.out + unchecked.err
 
 
 # -- 5. refusals: one line on stderr, exit 1, nothing written ---------------------------------
@@ -524,7 +546,7 @@ def test_refuses_while_another_apply_holds_the_lock(layers, tmp_path):
         assert snapshot(image) == before
     finally:
         os.close(fd)
-    assert r.rc == 1 and r.err.count("\n") == 1 and "another `compact apply` is writing here" in r.err, r.err
+    assert r.rc == 1 and r.err.count("\n") == 1 and "another compact process (apply or gc)" in r.err, r.err
     assert not image.new_boot.exists()
     # Released, the same plan applies.
     assert cli("apply", image.plan).rc == 0
@@ -550,3 +572,63 @@ def test_refuses_missing_or_garbage_plan_files(tmp_path, content, words):
     assert r.rc == 1 and r.out == "", r.out
     assert r.err.count("\n") == 1 and r.err.startswith("compact: error: ") and words in r.err, r.err
     assert sorted(p.name for p in tmp_path.iterdir()) == (["plan.yaml"] if content is not None else [])
+
+
+def test_reading_from_a_locked_source_dir_is_refused(layers, tmp_path):
+    """New blobs go elsewhere, but a gc holding the source dir's lock would delete what apply reads."""
+    image = build(layers, tmp_path / "image", 5)
+    plan(image, *REBUILD_AND_MERGE)
+    fd = os.open(image.blobs / ".compact.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = cli("apply", image.plan, "--blobs-dir", tmp_path / "new")
+    finally:
+        os.close(fd)
+    assert r.rc == 1 and f"{image.blobs.resolve()}: another compact process" in r.err, r.err
+    assert not image.new_boot.exists() and not [p for p in (tmp_path / "new").iterdir() if p.name != ".compact.lock"]
+    # Two applies reading one source dir share its lock.
+    fd = os.open(image.blobs / ".compact.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        assert cli("apply", image.plan, "--blobs-dir", tmp_path / "new").rc == 0
+    finally:
+        os.close(fd)
+
+
+def test_a_blob_deleted_before_the_bootstrap_is_written_is_caught(layers, tmp_path):
+    image = build(layers, tmp_path / "image", 6)
+    plan(image, *REBUILD_AND_MERGE)
+    loaded, recorded = load_plan(image.plan)
+    gone: list[str] = []
+
+    def delete_a_new_blob(label: str, done: int, total: int) -> None:
+        # Another process removes a blob just as apply turns to the bootstrap.
+        if label.startswith("writing bootstrap") and not gone:
+            new = sorted(set(os.listdir(image.blobs)) - before - {".compact.lock"})
+            gone.append(new[0])
+            (image.blobs / new[0]).unlink()
+
+    before = set(os.listdir(image.blobs))
+    opts = ApplyOptions(image.plan, image.blobs)
+    bcfg = BackendConfig("localfs", {"dir": str(image.blobs)}, "test")
+    with LocalFsBackend(image.blobs) as backend, open_store(tmp_path / "state.sqlite") as store:
+        with pytest.raises(ApplyError, match="is gone") as caught:
+            apply_plan(loaded, recorded, opts, backend, bcfg, store, delete_a_new_blob)
+    assert gone and f"{image.blobs / gone[0]} is gone" in str(caught.value)
+    assert not image.new_boot.exists()
+
+
+def test_a_kept_blob_shorter_than_its_table_entry_is_a_finding(layers, tmp_path):
+    image = build(layers, tmp_path / "image", 5)
+    kept = load_bootstrap(image.boot).blobs[1]  # kept by REBUILD_AND_MERGE
+    path = image.blobs / kept.blob_id
+    os.truncate(path, kept.compressed_size - 100)
+
+    plan(image, *REBUILD_AND_MERGE)
+
+    loaded, _ = load_plan(image.plan)
+    assert loaded.blobs[1].decision == "keep"
+    assert any(
+        f"blob {kept.blob_id} is {kept.compressed_size - 100} bytes, shorter than the {kept.compressed_size}" in f
+        for f in loaded.findings
+    ), loaded.findings

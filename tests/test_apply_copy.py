@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nydus_compact.applier.blobs import MAX_READ, split_reads, write_new_blob
+from nydus_compact.applier.blobs import MAX_READ, CopyJob, SourceCheck, split_reads, write_new_blob
 from nydus_compact.applier.errors import ApplyError
 from nydus_compact.backends.localfs import LocalFsBackend
 from nydus_compact.planner.facts import SourceBlob
@@ -54,10 +54,15 @@ def _new_blob(data: bytes, ranges: list[tuple[int, int]], reads: list[tuple[int,
     )  # fmt: skip
 
 
-def _write(nb: NewBlob, sources, backend, out: Path, **kw):
+def _write(nb: NewBlob, sources, backend, out: Path, verify: bool = False, whole_file_id: bool = True):
     out.mkdir(exist_ok=True)
-    args = {"version": 6, "chunk_size": CHUNK_SIZE, "plan_digest": "sha256:" + "0" * 64, "whole_file_id": True}
-    return write_new_blob(nb, sources, backend, out, **(args | {"verify": False} | kw))
+    check = SourceCheck(lambda occurrence: f"<file of occurrence {occurrence}>", 2) if verify else None
+    job = CopyJob(sources, backend, out, 6, CHUNK_SIZE, "sha256:" + "0" * 64, whole_file_id, check)
+    try:
+        return write_new_blob(nb, job)
+    finally:
+        if check is not None:
+            check.close()
 
 
 # Adjacent chunks (one run), a gap (a second read), the same chunk twice and an overlapping chunk.
@@ -107,7 +112,10 @@ def test_verify_refuses_a_chunk_that_does_not_match_its_digest(tmp_path):
     data, backend, sources = _source(tmp_path, 8192)
     nb = _new_blob(data, RANGES, READS)
     nb.chunks["digest"][4] = bytes(32)
-    with pytest.raises(ApplyError, match="chunk at compressed offset 3200: content does not match its digest"):
+    nb.chunks["occurrence"][4] = 7
+    with pytest.raises(
+        ApplyError, match=r"chunk at compressed offset 3200 \(used by <file of occurrence 7>\): content does not match"
+    ):
         _write(nb, sources, backend, tmp_path / "out", verify=True)
     assert list((tmp_path / "out").iterdir()) == []  # the temp file is gone
 
