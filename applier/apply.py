@@ -29,8 +29,7 @@ from nydus_compact.planner.fleet import ImageProjection, Union, project, unite
 from nydus_compact.planner.layout import Layout, NewBlob, TableEntry, layout
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.review import decisions_from_plan, explain_lost, path_of_occurrence
-from nydus_compact.rafs import v5, v6
-from nydus_compact.rafs.loader import load_bootstrap
+from nydus_compact.rafs.loader import dump_bootstrap, load_bootstrap
 from nydus_compact.rafs.model import BlobInfo, Bootstrap, empty_chunks
 from nydus_compact.safeio import atomic_writer, remove_stale_temps
 from nydus_compact.store.db import Store
@@ -262,7 +261,7 @@ def apply_plan(
                 tables.append(proj.table)
                 new_bs = _new_bootstrap(images[k], proj, written, prep.infos)
                 _check_table(new_bs, written, backend)
-                data = v5.dump(new_bs) if new_bs.version == 5 else v6.dump(new_bs)
+                data = dump_bootstrap(new_bs)
                 boot_sha = hashlib.sha256(data).hexdigest()
                 step = done.get(key)
                 if step is None or step.sha256 != boot_sha or not same_file(out_boot, len(data), boot_sha):

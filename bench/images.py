@@ -3,7 +3,7 @@
 ``mkimage.build_image`` chunks real files from layer directories; at a million chunk
 occurrences that alone takes longer than everything measured here. So the blobs are written
 directly with ``rafs.blob_writer.BlobWriter`` from generated chunk bytes, and the bootstrap is a
-model dumped with ``rafs.v5.dump`` / ``rafs.v6.dump``. The result is a real image: every chunk
+model dumped with ``rafs.loader.dump_bootstrap``. The result is a real image: every chunk
 decompresses to its digest, v6 blobs carry their chunk-info table, ``compact verify`` passes.
 
 Each blob belongs to a class that says how much of it the files reference, which is what the
@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from nydus_compact.rafs import v5, v6
 from nydus_compact.rafs.blob_writer import BlobWriter
 from nydus_compact.rafs.compression import Compressor
 from nydus_compact.rafs.digest import Digester, digest
 from nydus_compact.rafs.flags import ChunkFlags, flags_for
+from nydus_compact.rafs.loader import dump_bootstrap
 from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
 
 GENERATOR_REVISION = 1  # bump when the generator changes, to invalidate cached images
@@ -189,7 +189,7 @@ def _generate(shape: Shape, version: int, out: Path) -> dict:
     used = np.concatenate([_used_mask(cls, rng) for cls in blob_classes])
     chunks, counts = _occurrences(shape, pool, used, rng)
     bs = _bootstrap(shape, version, blobs, chunks, counts)
-    data = (v5 if version == 5 else v6).dump(bs)
+    data = dump_bootstrap(bs)
     (out / BOOTSTRAP_NAME).write_bytes(data)
     return {
         "shape": shape.name,

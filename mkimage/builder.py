@@ -9,7 +9,6 @@ builder with a parent bootstrap: a repeated chunk points at its first copy's (bl
 
 from __future__ import annotations
 
-import importlib
 import os
 import stat
 import tempfile
@@ -22,21 +21,19 @@ import numpy as np
 
 from nydus_compact.rafs.blob_writer import BlobWriter
 from nydus_compact.rafs.compression import Compressor, compress
+from nydus_compact.rafs.constants import BLOCK_SIZE, MAX_BLOBS, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from nydus_compact.rafs.digest import Digester, digest
 from nydus_compact.rafs.flags import ChunkFlags, SuperFlags, flags_for
+from nydus_compact.rafs.loader import dump_bootstrap, parse_bootstrap
 from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
 
 from .errors import BuildError
 from .layers import Entry, node_order, read_layers
 
-MIN_CHUNK_SIZE = 4096
-MAX_CHUNK_SIZE = 16 << 20
 BOOTSTRAP_NAME = "image.boot"
 BLOBS_DIR = "blobs"
 # Blob-table limits: a v6 chunk address holds blob_index + 1 in one byte (rafs-v6.md §13.2);
 # compact.md caps v5 tables at 256 entries.
-MAX_BLOBS = {5: 256, 6: 255}
-_DIR_SIZE_UNIT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,15 +84,13 @@ def build_image(layers: list[Path], out_dir: Path, opts: BuildOptions | None = N
     for layer_tree in tree.trees:
         store.add_layer(layer_tree)
     bs = _bootstrap(tree.merged, store, opts)
-    # Imported by version, like rafs.loader does: a v5 build needs nothing of v6.
-    codec = importlib.import_module(f"nydus_compact.rafs.v{opts.fs_version}")
-    data = codec.dump(bs)
+    data = dump_bootstrap(bs)
     bootstrap_path = Path(out_dir) / BOOTSTRAP_NAME
     _write_atomically(bootstrap_path, lambda fp: fp.write(data))
     return BuildResult(
         bootstrap_path=bootstrap_path,
         blob_paths=store.blob_paths,
-        bootstrap=codec.load(data, str(bootstrap_path)),
+        bootstrap=parse_bootstrap(data, str(bootstrap_path)),
     )
 
 
@@ -285,7 +280,7 @@ def _bootstrap(root: Entry, store: _ChunkStore, opts: BuildOptions) -> Bootstrap
 def _v5_dir_size(names) -> int:
     """rafs-v5.md §7.2: Σ(name length + 8) rounded up to 4 KiB, at least 4 KiB."""
     total = sum(len(n) + 8 for n in names)
-    return max(_DIR_SIZE_UNIT, -(-total // _DIR_SIZE_UNIT) * _DIR_SIZE_UNIT)
+    return max(BLOCK_SIZE, -(-total // BLOCK_SIZE) * BLOCK_SIZE)
 
 
 def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.constants import BLOCK_SIZE, MAX_BLOBS, MAX_CI_ENTRIES
 from nydus_compact.rafs.digest import Digester
 from nydus_compact.rafs.flags import BlobFeatures
 from nydus_compact.rafs.model import CHUNK_DTYPE, LOCATION_FIELDS
@@ -37,9 +38,6 @@ from .policy import (
     resolve,
 )
 
-BLOCK = 4096
-MAX_TABLE = {5: 256, 6: 255}  # v6 chunk addresses store blob_index + 1 in one byte
-V6_MAX_CHUNKS = 1 << 24  # blob ci index is 24 bits
 V6_MAX_COFF = 1 << 40  # CI v1 comp_info: 40-bit compressed offset
 V6_MAX_UOFF = 1 << 44  # CI v1 uncomp_info: offset bits 12..43
 
@@ -152,7 +150,7 @@ def layout(facts: Facts, decisions: Decisions) -> Layout:
             g = targets[d.index]
             group_new[g.group] = len(table)
             table.append(TableEntry(len(table), None, g.group, None))
-    limit = MAX_TABLE[facts.version]
+    limit = MAX_BLOBS[facts.version]
     if len(table) > limit:
         raise PlanError(f"the new blob table would have {len(table)} blobs; RAFS v{facts.version} allows {limit}")
 
@@ -345,7 +343,7 @@ def _recipe(ch: np.ndarray, sel: np.ndarray, aligned: bool) -> tuple[np.ndarray,
     r["compressed_offset"] = _exclusive_cumsum(r["compressed_size"])
     footprint = r["uncompressed_size"].astype(np.uint64)
     if aligned:
-        footprint = (footprint + (BLOCK - 1)) // BLOCK * BLOCK
+        footprint = (footprint + (BLOCK_SIZE - 1)) // BLOCK_SIZE * BLOCK_SIZE
     r["uncompressed_offset"] = _exclusive_cumsum(footprint)
     return r, int(footprint.sum())
 
@@ -384,7 +382,7 @@ def _check_limits(version: int, blob: NewBlob, cap: int | None) -> None:
     if cap is not None and blob.chunk_count > cap:
         raise PlanError(f"{where}: {blob.chunk_count} chunks, more than the cap of {cap} (I5)")
     if version == 6:
-        if blob.chunk_count > V6_MAX_CHUNKS:
+        if blob.chunk_count > MAX_CI_ENTRIES:
             raise PlanError(f"{where}: {blob.chunk_count} chunks; v6 chunk indexes are 24-bit")
         if blob.compressed_size > V6_MAX_COFF or blob.uncompressed_size > V6_MAX_UOFF:
             raise PlanError(f"{where}: {blob.compressed_size} bytes exceed the v6 chunk-info v1 offset limits")

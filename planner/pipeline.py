@@ -14,16 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from nydus_compact import version
 from nydus_compact.backends.base import BlobBackend
 from nydus_compact.backends.config import BackendConfig
 from nydus_compact.backends.errors import BlobNotFoundError
+from nydus_compact.rafs.flags import SuperFlags
 from nydus_compact.rafs.loader import bootstrap_sha256, load_bootstrap
 from nydus_compact.rafs.model import Bootstrap
 from nydus_compact.store.db import Store
 from nydus_compact.store.index import index_bootstrap
 from nydus_compact.store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, save_plan
 
-from nydus_compact import version
 from .config import CompactConfig, canonical_json
 from .errors import PlanError
 from .facts import Facts, Flags
@@ -32,7 +33,6 @@ from .layout import Layout, layout
 from .plan import Group, InputFile, InputImage, Plan, SourceBlob, Summary
 from .policy import Decisions, decide
 
-EXPLICIT_UID_GID = 0x10
 I3_NOOP_REASON = "no changes"  # planner.policy.decide
 
 
@@ -65,7 +65,7 @@ def check_dict_compatible(src: Bootstrap, dict_bs: Bootstrap, dict_path: Path) -
         problems.append(f"RAFS v{dict_bs.version}, the image is v{src.version}")
     if dict_bs.chunk_size != src.chunk_size:
         problems.append(f"chunk size {dict_bs.chunk_size}, the image has {src.chunk_size}")
-    if (dict_bs.flags ^ src.flags) & EXPLICIT_UID_GID:
+    if (dict_bs.flags ^ src.flags) & SuperFlags.EXPLICIT_UID_GID:
         problems.append("a different EXPLICIT_UID_GID flag")
     if src.version == 5 and dict_bs.digester != src.digester:
         problems.append(f"digester {dict_bs.digester.label}, the image uses {src.digester.label}")

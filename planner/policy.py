@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nydus_compact.rafs.constants import MAX_EXTENDED_BLOBS
 from nydus_compact.rafs.flags import BlobFeatures
 from nydus_compact.rafs.model import CHUNK_DTYPE
 
@@ -25,9 +26,6 @@ from .facts import DictFacts, Facts, Flags, SourceBlob
 ACTIONS = ("keep", "delete", "rebuild", "merge", "dict-keep")
 KEPT_ACTIONS = ("keep", "dict-keep")
 GROUP_ACTIONS = ("rebuild", "merge")
-
-# E indices must fit the u8 `blob_index` of the builder's chunk dict map (compact.md §1.2 step 3).
-MAX_EXTENDED_BLOBS = 256
 
 # Blobs whose chunks are not plain payloads stored back to back in the blob itself: ZRAN and
 # SEPARATE chunks live in (or are decoded through) another object, INLINED_FS_META blobs carry a

@@ -18,6 +18,7 @@ from nydus_compact.backends.errors import BackendError
 
 from .blob_meta import CI_V2_COMPRESSED, BlobMeta, read_blob_meta
 from .compression import Compressor, decompress
+from .constants import MAX_CHUNK_SIZE
 from .digest import Digester, digest
 from .errors import BlobDataError, RafsError, RafsFormatError
 from .flags import ChunkFlags
@@ -25,7 +26,6 @@ from .model import BlobInfo, Bootstrap, Node
 
 # nydusd refuses to decompress a chunk larger than this (rafs-v5.md §11.5 #25); it also keeps a
 # hostile uncompressed_size from becoming a huge allocation.
-MAX_CHUNK_SIZE = 16 << 20
 # Stored bytes fetched per backend call; bounds memory while keeping reads large.
 BATCH_BYTES = 64 << 20
 # Zero bytes yielded at once for a hole in a file.

@@ -18,6 +18,7 @@ import numpy as np
 import zstandard
 
 from .compression import Compressor, decompress
+from .constants import BLOCK_SIZE, MAX_CI_ENTRIES
 from .errors import RafsFormatError
 from .flags import BlobFeatures
 from .model import BlobInfo
@@ -27,7 +28,6 @@ HEADER_SIZE = 4096
 TAR_BLOCK = 512
 TOC_ENTRY_SIZE = 128
 DIGEST_SIZE = 32
-MAX_CI_ENTRIES = 1 << 24
 # validate_header: the 4K-aligned ci array must stay below these (v1 / v2).
 MAX_CI_V1_BYTES = 256 << 20
 MAX_CI_V2_BYTES = 384 << 20
@@ -341,7 +341,7 @@ def read_blob_meta(
     else:
         ok_size = not zran and info.ci_uncompressed_size == count * width
     limit = MAX_CI_V2_BYTES if v2 else MAX_CI_V1_BYTES
-    if not ok_size or _align(info.ci_uncompressed_size, 4096) > limit:
+    if not ok_size or _align(info.ci_uncompressed_size, BLOCK_SIZE) > limit:
         raise RafsFormatError(name, f"ci_uncompressed_size {info.ci_uncompressed_size} wrong for {count} entries")
     if info.ci_compressed_size > info.ci_uncompressed_size:
         raise RafsFormatError(name, "ci_compressed_size exceeds ci_uncompressed_size")
@@ -391,7 +391,7 @@ def _validate_ci(ci: np.ndarray, info: BlobInfo, data_size: int, v2: bool, name:
         fail(coff + csize > _U8(data_size), f"compressed data past the data region ({data_size} bytes)")
         if v2:
             fail(csize == 0, "compressed_size is 0")
-    cache_size = _U8(min(_align(info.uncompressed_size, 4096), (1 << 64) - 1))
+    cache_size = _U8(min(_align(info.uncompressed_size, BLOCK_SIZE), (1 << 64) - 1))
     fail(uoff + usize > cache_size, "past the blob's uncompressed_size")
     fail((flags & CI_V2_COMPRESSED == 0) & (csize != usize), "uncompressed chunk with csize != usize")
     if v2:

@@ -23,7 +23,6 @@ from .blob_meta import (
     CI_V2_COMPRESSED,
     DIGEST_SIZE,
     HEADER_SIZE,
-    MAX_CI_ENTRIES,
     BlobMetaHeader,
     TocEntry,
     compress_ci,
@@ -32,11 +31,11 @@ from .blob_meta import (
     toc_flags,
 )
 from .compression import Compressor, compress
+from .constants import BLOCK_SIZE, MAX_CI_ENTRIES
 from .digest import Digester, digest
 from .flags import BlobFeatures
 from .model import BlobInfo
 
-BLOCK = 4096
 # Written bytes are handed to the hashing thread in batches of this size: fewer hand-overs than
 # chunks, yet small enough that hashing keeps pace with the writes.
 HASH_BATCH = 1 << 20
@@ -209,7 +208,7 @@ class BlobWriter:
         if len(digests) != n * DIGEST_SIZE:
             raise ValueError(f"chunk digests must be {DIGEST_SIZE} bytes each: got {len(digests)} bytes for {n} chunks")
         self._check_chunks(csize, usize, comp)
-        footprint = (usize + (BLOCK - 1)) // BLOCK * BLOCK if self.aligned else usize
+        footprint = (usize + (BLOCK_SIZE - 1)) // BLOCK_SIZE * BLOCK_SIZE if self.aligned else usize
         expected = int(csize.sum())
         coff, uoff = self._pos, self._uoff
         try:
@@ -295,7 +294,7 @@ class BlobWriter:
         return self._ci[: self._count].copy()
 
     def _finish_v6(self, info: BlobInfo) -> None:
-        info.uncompressed_size = _align(self._uoff, BLOCK)
+        info.uncompressed_size = _align(self._uoff, BLOCK_SIZE)
         features = BlobFeatures.CAP_TAR_TOC | BlobFeatures.ALIGNED
         if self.ci_v2:
             features |= BlobFeatures.CHUNK_INFO_V2

@@ -15,16 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .constants import RAFS_V5_MAGIC, RAFS_V5_VERSION, RAFS_V6_MAGIC, RAFS_V6_SB_OFFSET
 from .errors import RafsFormatError
 from .model import Bootstrap
 
 MIN_BOOTSTRAP_SIZE = 8192
 MAX_BOOTSTRAP_SIZE = 0x8000_0000
-
-RAFS_V5_MAGIC = 0x52414653
-RAFS_V5_VERSION = 0x500
-RAFS_V6_MAGIC = 0xE0F5E1E2
-RAFS_V6_SB_OFFSET = 1024
 
 _U32 = struct.Struct("<I")
 _V5_HEAD = struct.Struct("<II")
@@ -52,6 +48,17 @@ def parse_bootstrap(data: bytes | bytearray | memoryview, path: str = "<memory>"
 
         return v6.load(data, path)
     raise RafsFormatError(path, "not a RAFS v5/v6 bootstrap (no v5 magic at 0, no v6 magic at 1024)")
+
+
+def dump_bootstrap(bs: Bootstrap) -> bytearray:
+    """The bytes of ``bs`` as a bootstrap of its own RAFS version (``bs.version``)."""
+    if bs.version == 5:
+        from . import v5
+
+        return v5.dump(bs)
+    from . import v6
+
+    return v6.dump(bs)
 
 
 def load_bootstrap(path: str | Path) -> Bootstrap:

@@ -26,15 +26,12 @@ from .flags import (
     compressor_from_flags,
     digester_from_flags,
 )
+from .constants import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RAFS_V5_MAGIC, RAFS_V5_VERSION
 from .model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
 
-RAFS_V5_MAGIC = 0x5241_4653
-RAFS_V5_VERSION = 0x500
 SUPERBLOCK_SIZE = 8192
 ROOT_INDEX = 1
 MAX_FILE_SIZE = 0x8000_0000  # nydusd maps at most 2 GiB of bootstrap
-MIN_BLOCK_SIZE = 0x1000
-MAX_BLOCK_SIZE = 16 << 20
 LOADER_NAME_MAX = 256  # nydusd's bound on i_name_size; the builder stops at NAME_MAX
 NAME_MAX = 255
 INODE_TABLE_VALUE_MIN = 1024  # exclusive: a record never starts inside the superblock
@@ -181,7 +178,7 @@ class _Reader:
         if self.size % 8:
             self.fail("file size not a multiple of 8")
         bsz = sb.s_block_size
-        if bsz & (bsz - 1) or not MIN_BLOCK_SIZE <= bsz <= MAX_BLOCK_SIZE:
+        if bsz & (bsz - 1) or not MIN_CHUNK_SIZE <= bsz <= MAX_CHUNK_SIZE:
             self.fail("s_block_size not a power of two in [4 KiB, 16 MiB]", 12)
         if sb.s_flags & ~SUPER_FLAGS_KNOWN:
             self.fail("unknown s_flags bits", 16)
@@ -621,7 +618,7 @@ class _Writer:
         if bs.flags & ~SUPER_FLAGS_KNOWN:
             _model_error("unknown superblock flags")
         bsz = bs.chunk_size
-        if bsz <= 0 or bsz & (bsz - 1) or not MIN_BLOCK_SIZE <= bsz <= MAX_BLOCK_SIZE:
+        if bsz <= 0 or bsz & (bsz - 1) or not MIN_CHUNK_SIZE <= bsz <= MAX_CHUNK_SIZE:
             _model_error("chunk size not a power of two in [4 KiB, 16 MiB]")
         self._number()
         self._link_groups()

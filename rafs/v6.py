@@ -8,6 +8,7 @@ round-trips byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 import struct
 from collections import deque
@@ -16,38 +17,65 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compression import Compressor
+from .constants import (
+    BLOCK_SIZE,
+    MAX_BLOBS,
+    MAX_CHUNK_SIZE,
+    MAX_CI_ENTRIES,
+    MIN_CHUNK_SIZE,
+    RAFS_V5_MAGIC,
+    RAFS_V5_VERSION,
+    RAFS_V6_MAGIC,
+    RAFS_V6_SB_OFFSET,
+)
 from .digest import Digester
 from .errors import RafsFormatError
 from .flags import SUPER_FLAGS_KNOWN, BlobFeatures, SuperFlags, blob_features_valid
 from .model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, empty_chunks, expand_depth_first
+from .record import Record
 
-BLOCK = 4096
 SLOT = 32  # EROFS inode slot
 MIN_FILE_SIZE = 8192  # nydusd probes v5 first with an 8192-byte read (§1)
-SB_OFFSET = 1024
 EXT_OFFSET = 1152
 DEVT_SLOTOFF = 11
-DEVT_OFFSET = DEVT_SLOTOFF * 128
-EROFS_MAGIC = 0xE0F5E1E2
-V5_MAGIC = 0x52414653
-V5_VERSION = 0x500
 FEATURE_COMPAT_RAFS_V6 = 0x4000_0000
 FEATURE_INCOMPAT = 0x0C  # CHUNKED_FILE | DEVICE_TABLE
-ROOT_OFFSET = BLOCK  # the builder's root always lands here, so s_root_nid is 128 (§7)
-MAX_BLOBS = 255
-MAX_CI_INDEX = 1 << 24
+ROOT_OFFSET = BLOCK_SIZE  # the builder's root always lands here, so s_root_nid is 128 (§7)
 MAX_NAME = 255
-MIN_CHUNK, MAX_CHUNK = 0x1000, 0x100_0000
 QUIRK_MAPPED_BLKADDR = "v6_mapped_blkaddr"
 MAPPED_ALIGN = 512  # blocks: 2 MiB, the 2.3 device-slot rule (§4)
 
 FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED = 0, 2, 4
 CHUNK_FORMAT_INDEXES = 0x20
 
-SUPERBLOCK = struct.Struct("<IIIBBHQQIIII16s16sIHHH38s")
-EXT_SUPERBLOCK = struct.Struct("<QQIIQQQII200s")
-DEVICE_SLOT = struct.Struct("<64sII56s")
-BLOB_ENTRY = struct.Struct("<64sIIIIIIQQIIQQQ32s32sQ48s")
+# §2 RafsV6SuperBlock (the EROFS superblock)
+SUPERBLOCK = Record("RafsV6SuperBlock", [
+    ("s_magic", "I"), ("s_checksum", "I"), ("s_feature_compat", "I"), ("s_blkszbits", "B"), ("s_extslots", "B"),
+    ("s_root_nid", "H"), ("s_inos", "Q"), ("s_build_time", "Q"), ("s_build_time_nsec", "I"), ("s_blocks", "I"),
+    ("s_meta_blkaddr", "I"), ("s_xattr_blkaddr", "I"), ("s_uuid", "16s"), ("s_volume_name", "16s"),
+    ("s_feature_incompat", "I"), ("s_u", "H"), ("s_extra_devices", "H"), ("s_devt_slotoff", "H"),
+    ("s_reserved", "38s"),
+], 128)  # fmt: skip
+# §3 RafsV6SuperBlockExt
+EXT_SUPERBLOCK = Record("RafsV6SuperBlockExt", [
+    ("s_flags", "Q"), ("s_blob_table_offset", "Q"), ("s_blob_table_size", "I"), ("s_chunk_size", "I"),
+    ("s_chunk_table_offset", "Q"), ("s_chunk_table_size", "Q"), ("s_prefetch_table_offset", "Q"),
+    ("s_prefetch_table_size", "I"), ("s_padding", "I"), ("s_reserved", "200s"),
+], 256)  # fmt: skip
+# §4 RafsV6Device, one slot per blob
+DEVICE_SLOT = Record("RafsV6Device", [("blob_id", "64s"), ("blocks", "I"), ("mapped_blkaddr", "I"), ("reserved", "56s")], 128)
+# §5 RafsV6Blob, one blob-table entry per blob
+BLOB_ENTRY = Record("RafsV6Blob", [
+    ("blob_id", "64s"), ("blob_index", "I"), ("chunk_size", "I"), ("chunk_count", "I"), ("compression_algo", "I"),
+    ("digest_algo", "I"), ("features", "I"), ("compressed_size", "Q"), ("uncompressed_size", "Q"),
+    ("blob_toc_size", "I"), ("ci_compressor", "I"), ("ci_offset", "Q"), ("ci_compressed_size", "Q"),
+    ("ci_uncompressed_size", "Q"), ("blob_toc_digest", "32s"), ("blob_meta_digest", "32s"), ("blob_meta_size", "Q"),
+    ("reserved2", "48s"),
+], 256)  # fmt: skip
+# BlobInfo fields a blob-table entry stores as they are, under the same name (the rest is converted).
+_BLOB_ENTRY_SAME_NAMES = tuple(f.name for f in dataclasses.fields(BlobInfo) if f.name in BLOB_ENTRY.fields and f.name != "blob_id")
+CHUNK_INFO_SIZE = CHUNK_DTYPE.itemsize  # §6 RafsV5ChunkInfo, shared by v6
+DEVT_OFFSET = DEVT_SLOTOFF * DEVICE_SLOT.size
 INODE_EXTENDED = struct.Struct("<HHHHQIIIIQII16s")
 INODE_COMPACT = struct.Struct("<HHHHIIIIHHI")
 DIRENT = struct.Struct("<QHBB")
@@ -55,7 +83,7 @@ XATTR_HEADER = struct.Struct("<IB7s")
 XATTR_ENTRY = struct.Struct("<BBH")
 _U32 = struct.Struct("<I")
 CHUNK_ADDR_DTYPE = np.dtype([("lo", "<u2"), ("hi", "<u2"), ("blk", "<u4")])
-assert (SUPERBLOCK.size, EXT_SUPERBLOCK.size, DEVICE_SLOT.size, BLOB_ENTRY.size) == (128, 256, 128, 256)
+assert CHUNK_INFO_SIZE == 80
 assert (INODE_EXTENDED.size, INODE_COMPACT.size, CHUNK_ADDR_DTYPE.itemsize) == (64, 32, 8)
 
 _FILE_TYPES = {
@@ -90,16 +118,16 @@ def _chunk_count(size: int, chunk_size: int) -> int:
 
 
 def _valid_chunk_size(size: int) -> bool:
-    return MIN_CHUNK <= size <= MAX_CHUNK and size & (size - 1) == 0
+    return MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE and size & (size - 1) == 0
 
 
 def _mapped_blkaddrs(blobs: list[BlobInfo], file_size: int) -> list[int]:
     """The 2.3 (commit 753890bb) device-slot rule: each blob mapped at the next 2 MiB boundary."""
     out = []
-    addr = _align(file_size // BLOCK, MAPPED_ALIGN)
+    addr = _align(file_size // BLOCK_SIZE, MAPPED_ALIGN)
     for blob in blobs:
         out.append(addr)
-        addr = _align(addr + blob.uncompressed_size // BLOCK, MAPPED_ALIGN)
+        addr = _align(addr + blob.uncompressed_size // BLOCK_SIZE, MAPPED_ALIGN)
     return out
 
 
@@ -181,35 +209,36 @@ class _Reader:
         d = self.data
         if self.size < MIN_FILE_SIZE:
             raise self.fail(f"§15.1 file is {self.size} bytes, nydusd needs at least {MIN_FILE_SIZE}")
-        if struct.unpack_from("<II", d, 0) == (V5_MAGIC, V5_VERSION):
+        if struct.unpack_from("<II", d, 0) == (RAFS_V5_MAGIC, RAFS_V5_VERSION):
             raise self.fail("§15.1 this is a RAFS v5 bootstrap", 0)
-        (magic, checksum, compat, blkszbits, extslots, root_nid, inos, _, _, blocks, meta_blkaddr, xattr_blkaddr,
-         _, _, incompat, s_u, extra_devices, devt_slotoff, _) = SUPERBLOCK.unpack_from(d, SB_OFFSET)  # fmt: skip
+        sb = SUPERBLOCK.unpack_from(d, RAFS_V6_SB_OFFSET)
         checks = [
-            (self.size % BLOCK == 0, "§15.3a file size is not a multiple of 4096"),
-            (magic == EROFS_MAGIC, "§15.3b bad EROFS magic"),
-            (checksum == 0, "§15.3c s_checksum must be 0"),
-            (blkszbits == 12, "§15.3d s_blkszbits must be 12"),
-            (inos != 0, "§15.3e s_inos is 0"),
-            (extslots == 0, "§15.3f s_extslots must be 0"),
-            (s_u == 0, "§15.3g s_u must be 0"),
-            (xattr_blkaddr == 0, "§15.3h s_xattr_blkaddr must be 0"),
-            (extra_devices != 0 or blocks in (0, BLOCK), "§15.3i s_blocks without extra devices"),
-            (devt_slotoff == DEVT_SLOTOFF, "§15.3j s_devt_slotoff must be 11"),
-            (incompat == FEATURE_INCOMPAT, "§15.3k s_feature_incompat must be 0x0C"),
-            (compat & FEATURE_COMPAT_RAFS_V6, "§15.3l s_feature_compat lacks RAFS_V6"),
+            (self.size % BLOCK_SIZE == 0, "§15.3a file size is not a multiple of 4096"),
+            (sb.s_magic == RAFS_V6_MAGIC, "§15.3b bad EROFS magic"),
+            (sb.s_checksum == 0, "§15.3c s_checksum must be 0"),
+            (sb.s_blkszbits == 12, "§15.3d s_blkszbits must be 12"),
+            (sb.s_inos != 0, "§15.3e s_inos is 0"),
+            (sb.s_extslots == 0, "§15.3f s_extslots must be 0"),
+            (sb.s_u == 0, "§15.3g s_u must be 0"),
+            (sb.s_xattr_blkaddr == 0, "§15.3h s_xattr_blkaddr must be 0"),
+            (sb.s_extra_devices != 0 or sb.s_blocks in (0, BLOCK_SIZE), "§15.3i s_blocks without extra devices"),
+            (sb.s_devt_slotoff == DEVT_SLOTOFF, "§15.3j s_devt_slotoff must be 11"),
+            (sb.s_feature_incompat == FEATURE_INCOMPAT, "§15.3k s_feature_incompat must be 0x0C"),
+            (sb.s_feature_compat & FEATURE_COMPAT_RAFS_V6, "§15.3l s_feature_compat lacks RAFS_V6"),
         ]
         for ok, check in checks:
             if not ok:
-                raise self.fail(check, SB_OFFSET)
-        self.root_nid = root_nid
-        self.meta_base = meta_blkaddr * BLOCK
-        self.extra_devices = extra_devices
+                raise self.fail(check, RAFS_V6_SB_OFFSET)
+        self.root_nid = sb.s_root_nid
+        self.meta_base = sb.s_meta_blkaddr * BLOCK_SIZE
+        self.extra_devices = sb.s_extra_devices
 
     def _ext_superblock(self) -> None:
-        (flags, bt_off, bt_size, chunk_size, ct_off, ct_size, pf_off, pf_size, _, _) = EXT_SUPERBLOCK.unpack_from(
-            self.data, EXT_OFFSET
-        )
+        ext = EXT_SUPERBLOCK.unpack_from(self.data, EXT_OFFSET)
+        flags, chunk_size = ext.s_flags, ext.s_chunk_size
+        bt_off, bt_size = ext.s_blob_table_offset, ext.s_blob_table_size
+        ct_off, ct_size = ext.s_chunk_table_offset, ext.s_chunk_table_size
+        pf_off, pf_size = ext.s_prefetch_table_offset, ext.s_prefetch_table_size
         size = self.size
         if sum(1 for f in _COMPRESSION_FLAGS if flags & f) != 1:
             raise self.fail("§15.4a exactly one compression flag must be set", EXT_OFFSET)
@@ -217,20 +246,20 @@ class _Reader:
             raise self.fail("§15.4b exactly one hash flag must be set", EXT_OFFSET)
         if not _valid_chunk_size(chunk_size):
             raise self.fail(f"§15.4c chunk size {chunk_size:#x} invalid", EXT_OFFSET)
-        if (bt_off % BLOCK or bt_off < BLOCK or bt_size % 256 or bt_off + bt_size > size or bt_off % 8
+        if (bt_off % BLOCK_SIZE or bt_off < BLOCK_SIZE or bt_size % BLOB_ENTRY.size or bt_off + bt_size > size or bt_off % 8
                 or bt_size % 8):  # fmt: skip
             raise self.fail("§15.4d/6 blob table out of bounds or misaligned", EXT_OFFSET)
-        if ct_size and (ct_off < BLOCK or ct_off % BLOCK or ct_size % 80 or ct_off + ct_size > size
+        if ct_size and (ct_off < BLOCK_SIZE or ct_off % BLOCK_SIZE or ct_size % CHUNK_INFO_SIZE or ct_off + ct_size > size
                         or _overlap(ct_off, ct_size, bt_off, bt_size)):  # fmt: skip
             raise self.fail("§15.4e chunk table out of bounds, misaligned or overlapping", EXT_OFFSET)
-        if pf_size and pf_off and (pf_off < BLOCK or pf_size % 4 or pf_off + pf_size > size or pf_off % 8
+        if pf_size and pf_off and (pf_off < BLOCK_SIZE or pf_size % 4 or pf_off + pf_size > size or pf_off % 8
                                    or _overlap(pf_off, pf_size, bt_off, bt_size)):  # fmt: skip
             raise self.fail("§15.4f prefetch table out of bounds, misaligned or overlapping", EXT_OFFSET)
         if flags & ~SUPER_FLAGS_KNOWN:
             raise self.fail(f"§15.5 unknown superblock flags {flags & ~SUPER_FLAGS_KNOWN:#x}", EXT_OFFSET)
-        nblobs = bt_size // 256
-        if self.extra_devices != nblobs or DEVT_OFFSET + 128 * nblobs > bt_off:
-            raise self.fail(f"{self.extra_devices} device slots for {nblobs} blobs", SB_OFFSET)
+        nblobs = bt_size // BLOB_ENTRY.size
+        if self.extra_devices != nblobs or DEVT_OFFSET + DEVICE_SLOT.size * nblobs > bt_off:
+            raise self.fail(f"{self.extra_devices} device slots for {nblobs} blobs", RAFS_V6_SB_OFFSET)
         self.flags = flags
         self.chunk_size = chunk_size
         self.bt_off, self.nblobs = bt_off, nblobs
@@ -241,28 +270,30 @@ class _Reader:
         blobs = []
         self._mapped = []
         for idx in range(self.nblobs):
-            off = self.bt_off + 256 * idx
-            (raw_id, blob_index, chunk_size, chunk_count, comp, dig, features, csize, usize, toc_size, ci_comp,
-             ci_off, ci_csize, ci_usize, toc_digest, meta_digest, meta_size, _) = BLOB_ENTRY.unpack_from(
-                self.data, off)  # fmt: skip
+            off = self.bt_off + BLOB_ENTRY.size * idx
+            e = BLOB_ENTRY.unpack_from(self.data, off)
+            chunk_count, features = e.chunk_count, e.features
             try:
-                blob_id = raw_id.decode().rstrip("\x00")
+                blob_id = e.blob_id.decode().rstrip("\x00")
             except UnicodeDecodeError:
                 raise self.fail("§15.7a blob id is not UTF-8", off) from None
             count_ok = chunk_count * 16
             if features & BlobFeatures.CHUNK_INFO_V2:
                 count_ok = chunk_count * 24
             v2, zran = features & BlobFeatures.CHUNK_INFO_V2, features & BlobFeatures.ZRAN
+            ci_usize = e.ci_uncompressed_size
             ci_size_ok = (ci_usize >= count_ok) if (v2 and zran) else (not zran and ci_usize == count_ok)
             checks = [
-                (blob_index == idx, "§15.7b blob_index differs from its position"),
-                (chunk_size == self.chunk_size and _valid_chunk_size(chunk_size), "§15.7c blob chunk_size"),
-                (chunk_count <= MAX_CI_INDEX, "§15.7d chunk_count above 2^24"),
-                (comp <= 3 and ci_comp <= 3 and dig <= 1, "§15.7e unknown compression or digest algorithm"),
-                (usize <= 1 << 44 and csize <= 1 << 40, "§15.7f blob sizes out of range"),
+                (e.blob_index == idx, "§15.7b blob_index differs from its position"),
+                (e.chunk_size == self.chunk_size and _valid_chunk_size(e.chunk_size), "§15.7c blob chunk_size"),
+                (chunk_count <= MAX_CI_ENTRIES, "§15.7d chunk_count above 2^24"),
+                (e.compression_algo <= 3 and e.ci_compressor <= 3 and e.digest_algo <= 1,
+                 "§15.7e unknown compression or digest algorithm"),
+                (e.uncompressed_size <= 1 << 44 and e.compressed_size <= 1 << 40, "§15.7f blob sizes out of range"),
                 (blob_features_valid(features), "§15.7g invalid blob features"),
                 (features & BlobFeatures.ALIGNED, "§15.7h blob lacks the ALIGNED feature"),
-                (ci_off + ci_csize < 1 << 64 and ci_csize <= ci_usize, "§15.7i ci_offset/ci_compressed_size"),
+                (e.ci_offset + e.ci_compressed_size < 1 << 64 and e.ci_compressed_size <= ci_usize,
+                 "§15.7i ci_offset/ci_compressed_size"),
                 (ci_size_ok, "§15.7j ci_uncompressed_size does not fit chunk_count"),
             ]
             for ok, check in checks:
@@ -271,29 +302,17 @@ class _Reader:
             blobs.append(
                 BlobInfo(
                     blob_id=blob_id,
-                    chunk_count=chunk_count,
-                    compressed_size=csize,
-                    uncompressed_size=usize,
-                    features=features,
-                    compressor=Compressor(comp),
-                    digester=Digester(dig),
-                    chunk_size=chunk_size,
-                    blob_toc_size=toc_size,
-                    ci_compressor=ci_comp,
-                    ci_offset=ci_off,
-                    ci_compressed_size=ci_csize,
-                    ci_uncompressed_size=ci_usize,
-                    blob_toc_digest=toc_digest,
-                    blob_meta_digest=meta_digest,
-                    blob_meta_size=meta_size,
+                    compressor=Compressor(e.compression_algo),
+                    digester=Digester(e.digest_algo),
+                    **{name: getattr(e, name) for name in _BLOB_ENTRY_SAME_NAMES},
                 )
             )
-            self._mapped.append(DEVICE_SLOT.unpack_from(self.data, DEVT_OFFSET + 128 * idx)[2])
+            self._mapped.append(DEVICE_SLOT.unpack_from(self.data, DEVT_OFFSET + DEVICE_SLOT.size * idx).mapped_blkaddr)
         return blobs
 
     def _chunk_table(self) -> np.ndarray:
         """A view of the file: chunks are gathered from it, so it is never copied whole."""
-        return np.frombuffer(self.data, dtype=CHUNK_DTYPE, count=self.ct_size // 80, offset=self.ct_off)
+        return np.frombuffer(self.data, dtype=CHUNK_DTYPE, count=self.ct_size // CHUNK_INFO_SIZE, offset=self.ct_off)
 
     def _prefetch(self, nids: list[int]) -> list[int | None]:
         if not self.pf_size:
@@ -378,10 +397,10 @@ class _Reader:
         if ino.layout == CHUNK_BASED:
             raise self.fail("§15.9 reading a CHUNK_BASED inode as flat data", ino.offset)
         size = ino.size
-        nblocks = _chunk_count(size, BLOCK)
+        nblocks = _chunk_count(size, BLOCK_SIZE)
         full = nblocks - 1 if ino.layout == FLAT_INLINE and nblocks else nblocks
-        start = ino.i_u * BLOCK
-        body_len = min(size, full * BLOCK)
+        start = ino.i_u * BLOCK_SIZE
+        body_len = min(size, full * BLOCK_SIZE)
         if start + body_len > self.size:
             raise self.fail("flat data blocks outside the file", ino.offset)
         body = bytes(self.data[start : start + body_len])
@@ -389,7 +408,7 @@ class _Reader:
         if not tail:
             return body
         pos = ino.data_offset
-        if pos % BLOCK + tail > BLOCK or pos + tail > self.size:
+        if pos % BLOCK_SIZE + tail > BLOCK_SIZE or pos + tail > self.size:
             raise self.fail("inline tail crosses a block boundary or the file end", ino.offset)
         return body + bytes(self.data[pos : pos + tail])
 
@@ -399,8 +418,8 @@ class _Reader:
             raise self.fail("directory data exceeds the file size (shared dirent blocks?)", ino.offset)
         content = self._flat_data(ino)
         entries: list[tuple[bytes, int]] = []
-        for bstart in range(0, len(content), BLOCK):
-            blk = content[bstart : bstart + BLOCK]
+        for bstart in range(0, len(content), BLOCK_SIZE):
+            blk = content[bstart : bstart + BLOCK_SIZE]
             if len(blk) < DIRENT.size:
                 raise self.fail("§15.10 directory block too short for a dirent", ino.offset)
             first_nameoff = DIRENT.unpack_from(blk, 0)[1]
@@ -439,7 +458,7 @@ class _Reader:
             parent=parent,
         )
         if fmt == stat.S_IFLNK:
-            if ino.size > BLOCK:
+            if ino.size > BLOCK_SIZE:
                 raise self.fail(f"§15.11 symlink i_size {ino.size} above 4096", ino.offset)
             target = self._symlinks.get(ino.offset)
             if target is None:
@@ -540,10 +559,10 @@ class _Reader:
 
         table = self.table
         t_uoff = table["uncompressed_offset"]
-        usable = (table["blob_index"] < 256) & (table["index"] < MAX_CI_INDEX) & (t_uoff % BLOCK == 0)
-        usable &= t_uoff < np.uint64(BLOCK << 32)
+        usable = (table["blob_index"] < 256) & (table["index"] < MAX_CI_ENTRIES) & (t_uoff % BLOCK_SIZE == 0)
+        usable &= t_uoff < np.uint64(BLOCK_SIZE << 32)
         rows = np.flatnonzero(usable)
-        t_keys = _address_keys(table["blob_index"][rows], table["index"][rows], t_uoff[rows] // np.uint64(BLOCK))
+        t_keys = _address_keys(table["blob_index"][rows], table["index"][rows], t_uoff[rows] // np.uint64(BLOCK_SIZE))
         order = np.argsort(t_keys, kind="stable")
         sorted_keys = t_keys[order]
         # nydusd's chunk map is a HashMap filled in table order: the last duplicate wins.
@@ -560,7 +579,7 @@ class _Reader:
                 owner(i),
             )
         del keys, found, all_addrs
-        # One index array alive at a time: next to the 80-byte records each extra one is 8 bytes per occurrence.
+        # One index array alive at a time: next to the 80-byte chunk records each extra one is 8 bytes per occurrence.
         pos = order[pos]
         pos = rows[pos]
         chunks = table[pos]
@@ -602,18 +621,18 @@ class _Allocator:
 
     def __init__(self) -> None:
         self.cursor = ROOT_OFFSET
-        self.available: list[deque[int]] = [deque() for _ in range(BLOCK // SLOT)]
+        self.available: list[deque[int]] = [deque() for _ in range(BLOCK_SIZE // SLOT)]
         self.nonempty = 0  # bit k set iff available[k] is not empty
 
     def append_available(self, off: int) -> None:
-        if off % BLOCK:
-            k = (BLOCK - off % BLOCK) // SLOT
-            self.available[k].append(off - off % BLOCK)
+        if off % BLOCK_SIZE:
+            k = (BLOCK_SIZE - off % BLOCK_SIZE) // SLOT
+            self.available[k].append(off - off % BLOCK_SIZE)
             self.nonempty |= 1 << k
 
     def allocate_available(self, size: int) -> int:
         """An offset in a reused block with room for ``size`` bytes, or 0 (the first queue k >= need wins)."""
-        if size >= BLOCK:
+        if size >= BLOCK_SIZE:
             return 0
         need = _chunk_count(size, SLOT)
         candidates = self.nonempty >> need
@@ -621,7 +640,7 @@ class _Allocator:
             return 0
         k = need + (candidates & -candidates).bit_length() - 1
         queue = self.available[k]
-        off = queue.popleft() + BLOCK - SLOT * k
+        off = queue.popleft() + BLOCK_SIZE - SLOT * k
         if not queue:
             self.nonempty &= ~(1 << k)
         self.append_available(off + SLOT * need)
@@ -676,24 +695,24 @@ class _Writer:
         self._allocate()
 
         nblobs = len(bs.blobs)
-        bt_off = _align(DEVT_OFFSET + 128 * nblobs, BLOCK)
-        bt_size = 256 * nblobs
+        bt_off = _align(DEVT_OFFSET + DEVICE_SLOT.size * nblobs, BLOCK_SIZE)
+        bt_size = BLOB_ENTRY.size * nblobs
         # With no blob the metadata starts at 0 and the root would overlap a prefetch table.
         prefetch = bs.prefetch if nblobs else []
         pf_off = bt_off + bt_size if prefetch else 0
         pf_size = 4 * len(prefetch)
-        self.shift = _align(bt_off + bt_size + pf_size, BLOCK) if nblobs else 0
+        self.shift = _align(bt_off + bt_size + pf_size, BLOCK_SIZE) if nblobs else 0
 
-        self._put(0, bytes(BLOCK))
+        self._put(0, bytes(BLOCK_SIZE))
         has_xattr = self._write_nodes()
         for k, pos in enumerate(prefetch):
             nid = 0 if pos is None else self.placed[pos].offset // SLOT
             self._put(pf_off + 4 * k, _U32.pack(nid))
 
-        ct_off = _align(len(self.buf), BLOCK)
+        ct_off = _align(len(self.buf), BLOCK_SIZE)
         table = self._chunk_table()
         self._put(ct_off, table.tobytes())
-        file_size = _align(ct_off + len(table) * 80, BLOCK)
+        file_size = _align(ct_off + len(table) * CHUNK_INFO_SIZE, BLOCK_SIZE)
         self.buf.extend(bytes(file_size - len(self.buf)))
 
         flags = bs.flags & ~(SuperFlags.INLINED_CHUNK_DIGEST | SuperFlags.HAS_XATTR)
@@ -701,21 +720,28 @@ class _Writer:
             flags |= SuperFlags.INLINED_CHUNK_DIGEST
         if has_xattr:
             flags |= SuperFlags.HAS_XATTR
-        blocks = [b.uncompressed_size // BLOCK for b in bs.blobs]
-        sb = SUPERBLOCK.pack(EROFS_MAGIC, 0, FEATURE_COMPAT_RAFS_V6, 12, 0, ROOT_OFFSET // SLOT, n, 0, 0,
-                             sum(blocks), self.shift // BLOCK, 0, bytes(16), bytes(16), FEATURE_INCOMPAT, 0, nblobs,
-                             DEVT_SLOTOFF, bytes(38))  # fmt: skip
-        ext = EXT_SUPERBLOCK.pack(int(flags), bt_off, bt_size, bs.chunk_size, ct_off, len(table) * 80, pf_off,
-                                  pf_size, 0, bytes(200))  # fmt: skip
-        self._put(SB_OFFSET, sb)
+        blocks = [b.uncompressed_size // BLOCK_SIZE for b in bs.blobs]
+        sb = SUPERBLOCK.pack(
+            s_magic=RAFS_V6_MAGIC, s_checksum=0, s_feature_compat=FEATURE_COMPAT_RAFS_V6, s_blkszbits=12,
+            s_extslots=0, s_root_nid=ROOT_OFFSET // SLOT, s_inos=n, s_build_time=0, s_build_time_nsec=0,
+            s_blocks=sum(blocks), s_meta_blkaddr=self.shift // BLOCK_SIZE, s_xattr_blkaddr=0, s_uuid=bytes(16),
+            s_volume_name=bytes(16), s_feature_incompat=FEATURE_INCOMPAT, s_u=0, s_extra_devices=nblobs,
+            s_devt_slotoff=DEVT_SLOTOFF,
+        )  # fmt: skip
+        ext = EXT_SUPERBLOCK.pack(
+            s_flags=int(flags), s_blob_table_offset=bt_off, s_blob_table_size=bt_size, s_chunk_size=bs.chunk_size,
+            s_chunk_table_offset=ct_off, s_chunk_table_size=len(table) * CHUNK_INFO_SIZE,
+            s_prefetch_table_offset=pf_off, s_prefetch_table_size=pf_size,
+        )  # fmt: skip
+        self._put(RAFS_V6_SB_OFFSET, sb)
         self._put(EXT_OFFSET, ext)
         mapped = [0] * nblobs
         if QUIRK_MAPPED_BLKADDR in bs.quirks:
             mapped = _mapped_blkaddrs(bs.blobs, file_size)
         for idx, blob in enumerate(bs.blobs):
-            slot = DEVICE_SLOT.pack(blob.blob_id.encode(), blocks[idx], mapped[idx], bytes(56))
-            self._put(DEVT_OFFSET + 128 * idx, slot)
-            self._put(bt_off + 256 * idx, _pack_blob(idx, blob))
+            slot = DEVICE_SLOT.pack(blob_id=blob.blob_id.encode(), blocks=blocks[idx], mapped_blkaddr=mapped[idx])
+            self._put(DEVT_OFFSET + DEVICE_SLOT.size * idx, slot)
+            self._put(bt_off + BLOB_ENTRY.size * idx, _pack_blob(idx, blob))
         return self.buf
 
     def _put(self, off: int, data: bytes) -> None:
@@ -738,18 +764,18 @@ class _Writer:
             raise refuse(f"flags {bs.flags:#x} need exactly one compression and one hash bit")
         if bs.flags & ~SUPER_FLAGS_KNOWN:
             raise refuse(f"unknown superblock flags {bs.flags & ~SUPER_FLAGS_KNOWN:#x}")
-        if len(bs.blobs) > MAX_BLOBS:
-            raise refuse(f"{len(bs.blobs)} blobs: RAFS v6 holds at most {MAX_BLOBS}")
+        if len(bs.blobs) > MAX_BLOBS[6]:
+            raise refuse(f"{len(bs.blobs)} blobs: RAFS v6 holds at most {MAX_BLOBS[6]}")
         for idx, blob in enumerate(bs.blobs):
             if len(blob.blob_id.encode()) > 64:
                 raise refuse(f"blob {idx}: id longer than 64 bytes")
             if blob.chunk_size != bs.chunk_size:
                 raise refuse(f"blob {idx}: chunk_size {blob.chunk_size:#x} differs from the image's")
-            if blob.uncompressed_size % BLOCK or blob.uncompressed_size // BLOCK >= 1 << 32:
+            if blob.uncompressed_size % BLOCK_SIZE or blob.uncompressed_size // BLOCK_SIZE >= 1 << 32:
                 raise refuse(f"blob {idx}: uncompressed_size {blob.uncompressed_size} is not a 4K block count")
             if not blob.features & BlobFeatures.ALIGNED or not blob_features_valid(blob.features):
                 raise refuse(f"blob {idx}: features {blob.features:#x} do not load in v6 (ALIGNED needed)")
-            if not 0 < blob.chunk_count <= MAX_CI_INDEX:
+            if not 0 < blob.chunk_count <= MAX_CI_ENTRIES:
                 raise refuse(f"blob {idx}: chunk_count {blob.chunk_count} outside 1..2^24")
         if not nodes or not nodes[0].is_dir:
             raise refuse("the root must be a directory")
@@ -769,7 +795,7 @@ class _Writer:
                 raise refuse(f"{node.path!r}: only directories have children")
             if stat.S_IFMT(node.mode) not in _FILE_TYPES:
                 raise refuse(f"{node.path!r}: unknown file type {node.mode:#o}")
-            if node.is_symlink and (not node.symlink or len(node.symlink) > BLOCK):
+            if node.is_symlink and (not node.symlink or len(node.symlink) > BLOCK_SIZE):
                 raise refuse(f"{node.path!r}: symlink target must be 1..4096 bytes")
             if node.is_reg and (
                 node.chunk_count != _chunk_count(node.size, bs.chunk_size)
@@ -788,9 +814,9 @@ class _Writer:
             uoff = chunks["uncompressed_offset"]
             if np.any(chunks["blob_index"] >= len(bs.blobs)):
                 raise refuse("a chunk names a blob outside the blob table")
-            if np.any(chunks["index"] >= MAX_CI_INDEX):
+            if np.any(chunks["index"] >= MAX_CI_ENTRIES):
                 raise refuse("a chunk index is 2^24 or more (v6 stores 24 bits)")
-            if np.any(uoff % BLOCK) or np.any(uoff >= np.uint64(BLOCK << 32)):
+            if np.any(uoff % BLOCK_SIZE) or np.any(uoff >= np.uint64(BLOCK_SIZE << 32)):
                 raise refuse("a chunk's uncompressed offset is not a 32-bit 4K block address")
         for pos in bs.prefetch:
             if pos is not None and not 0 <= pos < len(nodes):
@@ -807,25 +833,25 @@ class _Writer:
     def _place_with_tail(self, pos: int, d: int) -> None:
         alloc, placed = self.alloc, self.placed[pos]
         isz = self._inode_size(pos)
-        tail = d % BLOCK
-        if tail and isz + tail <= BLOCK:
+        tail = d % BLOCK_SIZE
+        if tail and isz + tail <= BLOCK_SIZE:
             off = alloc.allocate_available(isz + tail)
             if not off:
-                if BLOCK - alloc.cursor % BLOCK < isz + tail:
+                if BLOCK_SIZE - alloc.cursor % BLOCK_SIZE < isz + tail:
                     alloc.append_available(alloc.cursor)
-                    alloc.align(BLOCK)
+                    alloc.align(BLOCK_SIZE)
                 off = alloc.take(isz + tail)
             if d != tail:
                 alloc.append_available(alloc.cursor)
-                alloc.align(BLOCK)
+                alloc.align(BLOCK_SIZE)
             placed.data_offset = alloc.take(d - tail)
             placed.layout = FLAT_INLINE
         else:
             off = alloc.allocate_available(isz) or alloc.take(isz)
             alloc.append_available(alloc.cursor)
-            alloc.align(BLOCK)
+            alloc.align(BLOCK_SIZE)
             placed.data_offset = alloc.take(d)
-            alloc.align(BLOCK)
+            alloc.align(BLOCK_SIZE)
             placed.layout = FLAT_PLAIN
         placed.offset = off
 
@@ -836,13 +862,13 @@ class _Writer:
         blocks: list[list[tuple[bytes, int]]] = [[]]
         used = 0
         for name, target in entries:
-            if used + 12 + len(name) > BLOCK:
+            if used + 12 + len(name) > BLOCK_SIZE:
                 blocks.append([])
                 used = 0
             blocks[-1].append((name, target))
             used += 12 + len(name)
         self.dir_blocks[pos] = blocks
-        self.dir_size[pos] = BLOCK * (len(blocks) - 1) + used
+        self.dir_size[pos] = BLOCK_SIZE * (len(blocks) - 1) + used
         self._place_with_tail(pos, self.dir_size[pos])
         self.alloc.align(SLOT)
 
@@ -910,11 +936,11 @@ class _Writer:
             off = placed.offset + shift
             inode_end = off + placed.inode_size
             if node.is_dir:
-                size, nlink, i_u = self.dir_size[pos], 2 + subdirs[pos], (placed.data_offset + shift) // BLOCK
+                size, nlink, i_u = self.dir_size[pos], 2 + subdirs[pos], (placed.data_offset + shift) // BLOCK_SIZE
                 self._write_dir(pos, placed.data_offset + shift, inode_end)
             elif node.is_symlink:
                 target = node.symlink or b""
-                size, nlink, i_u = len(target), node.nlink, (placed.data_offset + shift) // BLOCK
+                size, nlink, i_u = len(target), node.nlink, (placed.data_offset + shift) // BLOCK_SIZE
                 self._put(inode_end if placed.layout == FLAT_INLINE else placed.data_offset + shift, target)
             elif node.is_reg:
                 size, nlink, i_u = node.size, group_size[placed.offset], chunk_words[pos]
@@ -940,7 +966,7 @@ class _Writer:
                 dirents += DIRENT.pack(self.placed[target].offset // SLOT, nameoff + len(names), ftype, 0)
                 names += name
             last_inline = placed.layout == FLAT_INLINE and k == len(blocks) - 1
-            self._put(inode_end if last_inline else blocks_off + BLOCK * k, bytes(dirents + names))
+            self._put(inode_end if last_inline else blocks_off + BLOCK_SIZE * k, bytes(dirents + names))
 
     def _chunk_format_words(self) -> dict[int, int]:
         """i_u of each regular file (§13.1), with the builder's contiguity trick."""
@@ -1031,7 +1057,7 @@ def _chunk_addresses(chunks: np.ndarray) -> bytes:
     index = chunks["index"].astype(np.uint32)
     addr["lo"] = index & 0xFFFF
     addr["hi"] = (chunks["blob_index"].astype(np.uint32) + 1) | ((index >> 16) << 8)
-    addr["blk"] = chunks["uncompressed_offset"] // np.uint64(BLOCK)
+    addr["blk"] = chunks["uncompressed_offset"] // np.uint64(BLOCK_SIZE)
     return addr.tobytes()
 
 
@@ -1060,22 +1086,9 @@ def _encode_xattrs(xattrs: list[tuple[bytes, bytes]]) -> bytes:
 
 def _pack_blob(idx: int, blob: BlobInfo) -> bytes:
     return BLOB_ENTRY.pack(
-        blob.blob_id.encode(),
-        idx,
-        blob.chunk_size,
-        blob.chunk_count,
-        int(blob.compressor),
-        int(blob.digester),
-        blob.features,
-        blob.compressed_size,
-        blob.uncompressed_size,
-        blob.blob_toc_size,
-        blob.ci_compressor,
-        blob.ci_offset,
-        blob.ci_compressed_size,
-        blob.ci_uncompressed_size,
-        blob.blob_toc_digest,
-        blob.blob_meta_digest,
-        blob.blob_meta_size,
-        bytes(48),
+        blob_id=blob.blob_id.encode(),
+        blob_index=idx,
+        compression_algo=int(blob.compressor),
+        digest_algo=int(blob.digester),
+        **{name: getattr(blob, name) for name in _BLOB_ENTRY_SAME_NAMES},
     )

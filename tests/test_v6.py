@@ -41,7 +41,7 @@ def expected() -> dict:
 
 
 def test_fixture_superblocks_and_tables(fixture_bytes, expected):
-    sb = v6.SUPERBLOCK.unpack_from(fixture_bytes, v6.SB_OFFSET)
+    sb = v6.SUPERBLOCK.unpack_from(fixture_bytes, v6.RAFS_V6_SB_OFFSET)
     want = expected["superblock"]
     assert sb[:12] == (
         int(want["magic"], 16), want["checksum"], int(want["feature_compat"], 16), want["blkszbits"],
@@ -318,7 +318,7 @@ def test_synthetic_image_round_trips_and_passes_fsck(opts, tmp_path):
 def _assert_layouts(data: bytes, bs: Bootstrap, opts: Options) -> None:
     """The image really exercises the layouts the test names."""
     nids = v6.node_nids(data, "image.boot")
-    meta = v6.SUPERBLOCK.unpack_from(data, v6.SB_OFFSET)[10] * 4096
+    meta = v6.SUPERBLOCK.unpack_from(data, v6.RAFS_V6_SB_OFFSET).s_meta_blkaddr * v6.BLOCK_SIZE
     inode = {n.path: v6.INODE_EXTENDED.unpack_from(data, meta + nid * 32) for n, nid in zip(bs.nodes, nids)}
     by_path = {n.path: n for n in bs.nodes}
     assert inode[b"/long-link"][0] == 1 and inode[b"/short-link"][0] == 5  # FLAT_PLAIN vs FLAT_INLINE
@@ -443,7 +443,7 @@ def _files_model(records: list[list[tuple]]) -> Bootstrap:
 
 def _table_in(data: bytes) -> np.ndarray:
     ext = v6.EXT_SUPERBLOCK.unpack_from(data, v6.EXT_OFFSET)
-    return np.frombuffer(data, dtype=CHUNK_DTYPE, count=ext[5] // 80, offset=ext[4])
+    return np.frombuffer(data, dtype=CHUNK_DTYPE, count=ext.s_chunk_table_size // v6.CHUNK_INFO_SIZE, offset=ext.s_chunk_table_offset)
 
 
 def _reference_table(bs: Bootstrap) -> list[bytes]:
@@ -476,3 +476,12 @@ def test_chunk_table_refuses_a_digest_at_two_indexes_of_one_blob():
     bs = _files_model([[(6, 1, 0)], [(6, 1, 1)]])
     with pytest.raises(RafsFormatError, match=f"digest {'06' * 32} sits at two locations in blob 1"):
         v6.dump(bs)
+
+
+def test_on_disk_records_are_packed_by_name_and_refuse_a_missing_field():
+    entry = v6.BLOB_ENTRY.unpack_from(v6.BLOB_ENTRY.pack(**{**dict.fromkeys(v6.BLOB_ENTRY.fields[1:-1], 7),
+                                                            "blob_id": b"a" * 64, "blob_toc_digest": bytes(32),
+                                                            "blob_meta_digest": bytes(32)}))
+    assert entry.blob_id == b"a" * 64 and entry.blob_meta_size == 7 and entry.reserved2 == bytes(48)
+    with pytest.raises(TypeError, match="missing fields \\['blocks'\\]"):
+        v6.DEVICE_SLOT.pack(blob_id=b"x", mapped_blkaddr=0)
