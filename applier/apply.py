@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,12 +27,13 @@ from nydus_compact.planner.config import CompactConfig, canonical_json
 from nydus_compact.planner.errors import ChunkLostError, PlanError
 from nydus_compact.planner.facts import SourceBlob
 from nydus_compact.planner.fleet import ImageProjection, Union, project, unite
+from nydus_compact.planner.guard import plan_guard
 from nydus_compact.planner.layout import Layout, NewBlob, TableEntry, layout
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.review import decisions_from_plan, explain_lost, path_of_occurrence
 from nydus_compact.rafs.loader import dump_bootstrap, load_bootstrap
 from nydus_compact.rafs.model import BlobInfo, Bootstrap, empty_chunks
-from nydus_compact.safeio import atomic_writer, remove_stale_temps
+from nydus_compact.safeio import atomic_writer, is_stdout, remove_stale_temps
 from nydus_compact.store.db import Store
 from nydus_compact.store.runs import (
     RUN_FAILED,
@@ -50,7 +52,6 @@ from .blobs import CopyJob, SourceCheck, WrittenBlob, file_sha256, same_file, te
 from .errors import ApplyError, SourceCorruptError
 from .faults import fault_point
 from .lock import blobs_dirs_locked
-from .verify import BLOB_NAME
 
 # (label, done bytes, total bytes); a total of 0 announces a phase that counts no bytes.
 Progress = Callable[[str, int, int], None]
@@ -202,7 +203,7 @@ def apply_plan(
     if not plan.images:
         raise ApplyError(f"{source_name}: the plan names no image")
     out_boots = output_paths(plan, opts)
-    _check_output_paths(plan, opts, out_boots)
+    _check_output_paths(plan, opts, out_boots, store.path)
 
     reasons = stale_reasons(plan, backend, backend_config)
     if reasons:
@@ -238,7 +239,7 @@ def apply_plan(
             # Outputs vanished or changed since: redo the run from scratch.
         # A killed run leaves its temp files beside each output, not only in the blobs dir.
         out_dirs = [opts.blobs_dir, *(p.parent for p in out_boots)] + (
-            [opts.output_json.parent] if opts.output_json else []
+            [opts.output_json.parent] if opts.output_json and not is_stdout(opts.output_json) else []
         )
         for directory in dict.fromkeys(d.resolve() for d in out_dirs):
             remove_stale_temps(directory, prefix=tmp)
@@ -285,23 +286,16 @@ def apply_plan(
     return res
 
 
-def _check_output_paths(plan: Plan, opts: ApplyOptions, out_boots: list[Path]) -> None:
-    """No output may land on an input or on a blob file name, nor two outputs on one file."""
-    inputs = {f"the source bootstrap {im.path}": Path(im.path) for im in plan.images} | {"the plan": opts.plan_path}
-    if plan.chunk_dict is not None:
-        inputs["the chunk dict"] = Path(plan.chunk_dict.path)
-    flag = "-O" if len(out_boots) == 1 else "--output-dir"
-    outputs = {f"{flag} ({p.name})" if len(out_boots) > 1 else flag: p for p in out_boots}
-    outputs |= {"--output-json": opts.output_json} if opts.output_json is not None else {}
-    taken: dict[Path, str] = {path.resolve(): what for what, path in inputs.items()}
-    blobs_dir = opts.blobs_dir.resolve()
-    for flag, path in outputs.items():
-        where = path.resolve()
-        if where in taken:
-            raise ApplyError(f"{path}: refusing to overwrite {taken[where]}; choose another {flag}")
-        if where.parent == blobs_dir and BLOB_NAME.match(where.name):
-            raise ApplyError(f"{path}: looks like a blob file name in the blobs dir; choose another {flag}")
-        taken[where] = f"the {flag} output"
+def _check_output_paths(plan: Plan, opts: ApplyOptions, out_boots: list[Path], state: Path) -> None:
+    """No output may land on an input (anything the plan names, the plan, the state store), on a
+    blob file, on a special file, nor two outputs on one file (safeio's output guard)."""
+    guard = plan_guard(plan, opts.plan_path, state, outputs_are_inputs=False)
+    guard.blob_dir(opts.blobs_dir, "the new blobs dir (--blobs-dir)")
+    for out in out_boots:
+        flag = "-O" if opts.output_bootstrap is not None else "--output-dir" if opts.output_dir else "images[].output"
+        guard.output(out, f"the new bootstrap ({flag})")
+    if opts.output_json is not None and not is_stdout(opts.output_json):
+        guard.output(opts.output_json, "the result JSON (--output-json)")
 
 
 def _local_dirs(backend: BlobBackend) -> list[Path]:
@@ -470,9 +464,12 @@ def _new_bootstrap(
 
 
 def _write_json(path: Path, res: ApplyResult, tmp_prefix: str, only_if_changed: bool = False) -> bytes:
-    """The output JSON; a rerun of a finished plan rewrites it only if it is missing or differs."""
+    """The output JSON (``-``: stdout); a rerun of a finished plan rewrites it only if it is missing or differs."""
     doc = json.dumps(res.output_document(), indent=2, sort_keys=True).encode() + b"\n"
-    if not (only_if_changed and same_file(path, len(doc), hashlib.sha256(doc).hexdigest())):
+    if is_stdout(path):
+        sys.stdout.write(doc.decode())
+        sys.stdout.flush()
+    elif not (only_if_changed and same_file(path, len(doc), hashlib.sha256(doc).hexdigest())):
         with atomic_writer(path, tmp_name=tmp_prefix + "json") as fp:
             fp.write(doc)
     return doc

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,8 @@ KNOWN = ("localfs", "registry", "oss", "s3", "localdisk", "http-proxy")
 SECRET_KEYS = frozenset({"auth", "registry_token", "access_key_id", "access_key_secret", "password", "token"})
 # Fields that identify where blobs live, for the plan's backend fingerprint.
 FINGERPRINT_KEYS = ("scheme", "host", "repo", "endpoint", "bucket_name", "object_prefix", "dir", "alt_dirs", "blob_file")
+# Fingerprint keys holding local paths (a plan stores them relative to itself).
+PATH_KEYS = ("dir", "blob_file")
 REQUIRED = {"registry": ("host", "repo"), "oss": ("endpoint", "bucket_name"), "s3": ("region", "bucket_name")}
 
 
@@ -31,14 +34,40 @@ class BackendConfig:
     config: dict
     source: str  # file the config came from, for messages
 
-    def fingerprint(self) -> dict:
-        """Where blobs come from, without any secret: safe for plans, logs and reports."""
+    def fingerprint(self, path: Callable[[str], str] | None = None) -> dict:
+        """Where blobs come from, without any secret: safe for plans, logs and reports.
+        ``path`` rewrites localfs paths (a plan stores them relative to the plan file)."""
         out: dict[str, object] = {"type": self.type}
         for key in FINGERPRINT_KEYS:
             if self.config.get(key) not in (None, "", []):
                 out[key] = self.config[key]
+        if path is not None and self.type == "localfs":
+            out |= {k: path(out[k]) for k in PATH_KEYS if k in out}
+            if "alt_dirs" in out:
+                out["alt_dirs"] = [path(d) for d in out["alt_dirs"]]
         out["authenticated"] = any(self.config.get(k) for k in SECRET_KEYS)
         return out
+
+
+def local_blob_places(
+    fingerprint: Mapping, blob_ids: Iterable[str], locate: Callable[[str], Path] = Path
+) -> tuple[list[Path], list[Path]]:
+    """Of a localfs backend (a config or its fingerprint): the directories it looks blobs up in, and
+    every existing file a blob id resolves to there (in any of the dirs, or the one ``blob_file``).
+    Nothing for remote backends. ``locate`` turns a stored path into a usable one."""
+    if fingerprint.get("type") != "localfs":
+        return [], []
+    dirs = [locate(d) for d in [fingerprint.get("dir"), *fingerprint.get("alt_dirs", [])] if d]
+    files = [locate(fingerprint["blob_file"])] if fingerprint.get("blob_file") else []
+    from .localfs import check_blob_id
+
+    for blob_id in dict.fromkeys(blob_ids):
+        try:
+            check_blob_id(blob_id)
+        except BackendError:
+            continue  # never a file name in these dirs: localfs refuses such ids
+        files += [d / blob_id for d in dirs if (d / blob_id).exists()]
+    return dirs, files
 
 
 def load_backend_config(path: str | Path, backend_type: str | None = None) -> BackendConfig:

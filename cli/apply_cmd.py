@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from nydus_compact.planner.formatting import human_size
+from nydus_compact.safeio import is_stdout
 from nydus_compact.store import default_state
 
 from .app import EXIT_ERROR, EXIT_OK, app
@@ -61,7 +62,7 @@ def apply_command(
     blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Where new blobs are written (default: the plan's localfs dir)."),
     backend_config: Path | None = typer.Option(None, "--backend-config", help="Backend config for source blobs, when the plan's backend is not localfs."),
     backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw --backend-config."),
-    output_json: Path | None = typer.Option(None, "--output-json", "-J", help="Write the result JSON here."),
+    output_json: Path | None = typer.Option(None, "--output-json", "-J", help="Write the result JSON here (- for stdout)."),
     verify: bool = typer.Option(False, "--verify", help="After writing, check every chunk of the new image against its digest."),
     verify_sources: bool = typer.Option(True, "--verify-sources/--no-verify-sources", help="Check every copied source chunk against its digest while copying (on by default; a corrupt source publishes nothing)."),
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, max=64, help="New blobs written in parallel."),
@@ -93,14 +94,15 @@ def apply_command(
     with open_backend(bcfg) as backend, open_store(state or default_state(plan_file)) as store:
         with progress_bar(sys.stderr.isatty()) as progress:
             result = apply_plan(plan, recorded, opts, backend, bcfg, store, progress)
-        typer.echo(result.message)
+        to_stderr = is_stdout(output_json)  # stdout carries the JSON
+        typer.echo(result.message, err=to_stderr)
         if verify and result.run_id is not None:
             failed = False
             for image in result.images:
                 new_bs = load_bootstrap(image["bootstrap"])
                 report = verify_image(new_bs, NewImageBackend(blobs_dir, backend))
                 record_verification(store, result.run_id, report, Path(image["bootstrap"]))
-                typer.echo(report.summary(image["bootstrap"]))
+                typer.echo(report.summary(image["bootstrap"]), err=to_stderr)
                 for p in report.problems:
                     typer.echo(f"  {p}", err=True)
                 failed |= not report.ok

@@ -19,12 +19,15 @@ from nydus_compact.mkimage.errors import BuildError
 from nydus_compact.planner.errors import PlanError
 from nydus_compact.rafs.errors import RafsError
 from nydus_compact.reports.errors import ReportError
+from nydus_compact.safeio.errors import SafeIOError
 from nydus_compact.store.errors import StoreError
 
 from . import commands  # noqa: F401  (registers the commands on the app)
 from .app import EXIT_ERROR, EXIT_INTERNAL, EXIT_USAGE, app
 
-USER_ERRORS = (RafsError, BackendError, BuildError, PlanError, StoreError, ApplyError, ReportError, OSError)
+USER_ERRORS = (
+    RafsError, BackendError, BuildError, PlanError, StoreError, ApplyError, ReportError, SafeIOError, OSError
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,6 +85,10 @@ def mkimage_cmd(
     opts.validate()
     if sample == bool(layers):
         raise BuildError("give either layer directories or --sample")
+    for layer in layers or []:
+        # The image would land in (and with --force replace files of) the tree being read.
+        if layer.resolve() == output.resolve() or layer.resolve() in output.resolve().parents:
+            raise BuildError(f"{output}: is inside the layer directory {layer}; choose an output outside the layers")
     if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not force)):
         raise BuildError(f"{output}: exists and is not an empty directory (use --force to write into it)")
     if sample:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from nydus_compact.planner.formatting import human_size, summary_line
+from nydus_compact.safeio import OutputGuard, is_stdout
 from nydus_compact.store import default_state
 
 from .app import EXIT_CHANGES, EXIT_OK, app
@@ -34,6 +35,21 @@ def new_state_removed_on_failure(path: Path) -> Iterator[None]:
             for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
                 leftover.unlink(missing_ok=True)
         raise
+
+
+def plan_command_guard(
+    bootstraps: list[Path], chunk_dict: Path | None, bcfg: BackendConfig, config_files: list[Path | None]
+) -> OutputGuard:
+    """What `compact plan` reads; the blob files themselves are added once their ids are known."""
+    from nydus_compact.backends.config import local_blob_places
+
+    guard = OutputGuard().inputs(bootstraps, "a source bootstrap").input(chunk_dict, "the chunk dict")
+    for f in config_files:
+        guard.input(f, "a config file")
+    dirs, files = local_blob_places(bcfg.config | {"type": bcfg.type}, [])
+    for d in dirs:
+        guard.blob_dir(d, f"the blobs dir {d}")
+    return guard.inputs(files, "the blob file")
 
 
 def parse_chunk_dict(arg: str | None) -> Path | None:
@@ -85,7 +101,7 @@ def plan_command(
     compact_blob_size: str | None = typer.Option(None, "--compact-blob-size", help="Merge blobs smaller than SIZE (e.g. 10MiB)."),
     max_compact_size: str | None = typer.Option(None, "--max-compact-size", help="Merged blobs hold at most SIZE of used data."),
     layers_to_compact: int | None = typer.Option(None, "--layers-to-compact", help="Do nothing below N blobs (0: always)."),
-    output: Path = typer.Option(Path("plan.yaml"), "-o", "--output", help="Where to write the plan."),
+    output: Path = typer.Option(Path("plan.yaml"), "-o", "--output", help="Where to write the plan (- for stdout)."),
     new_bootstrap: Path | None = typer.Option(None, "-O", "--output-bootstrap", help="Bootstrap apply will write (default: BOOTSTRAP.compact)."),
     state: Path | None = typer.Option(None, "--state", help="SQLite state store (default: next to the plan, PLAN.state.sqlite)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
@@ -105,11 +121,11 @@ def plan_command(
 
         compact plan app-v1.boot app-v2.boot app-v3.boot --blobs-dir blobs/ -o fleet.yaml
     """
-    from nydus_compact.backends.config import open_backend
+    from nydus_compact.backends.config import local_blob_places, open_backend
     from nydus_compact.planner.config import CompactConfig, load_config_file, merge
     from nydus_compact.planner.facts import Flags
     from nydus_compact.planner.pipeline import PlanInputs, make_plan
-    from nydus_compact.planner.planfile import write_plan
+    from nydus_compact.planner.planfile import render, write_plan
     from nydus_compact.store.db import open_store
 
     cfg = load_config_file(config) if config is not None else CompactConfig()
@@ -126,15 +142,27 @@ def plan_command(
     flags = Flags(**{**base.describe(), "i1_drop_unused_dict_blobs": drop_unused_dict_blobs,
                      "ratio_u8_wrap": ratio_u8_wrap, "v6_key": v6_key})
     bcfg = resolve_backend(blobs_dir, backend_config, backend_type, cfg)
-    inputs = PlanInputs(bootstraps, parse_chunk_dict(chunk_dict), bcfg, cfg, flags, new_bootstrap)
+    dict_path = parse_chunk_dict(chunk_dict)
+    inputs = PlanInputs(bootstraps, dict_path, bcfg, cfg, flags, new_bootstrap)
     state_path = state or default_state(output)
+    guard = plan_command_guard(bootstraps, dict_path, bcfg, [config, backend_config])
+    guard.output(state_path, "the state store (--state)")
+    if new_bootstrap is not None:  # written by apply, refused now rather than after the review
+        guard.output(new_bootstrap, "the new bootstrap (-O)")
     with open_backend(bcfg) as backend, new_state_removed_on_failure(state_path):
         with open_store(state_path) as store:
             outcome = make_plan(inputs, backend, store)
-    write_plan(outcome.plan, output)
-    plan = outcome.plan
+        plan = outcome.plan
+        _, blob_files = local_blob_places(bcfg.config | {"type": bcfg.type}, [b.blob_id for b in plan.blobs])
+        guard.inputs(blob_files, "a source blob")
+        if not is_stdout(output):
+            guard.output(output, "the plan (-o)")
+            write_plan(plan, output)
     if as_json:
         typer.echo(json.dumps({**plan.body(), "plan_digest": plan.digest}, indent=2, sort_keys=True))
+    elif is_stdout(output):
+        typer.echo(render(plan, "PLAN.yaml"), nl=False)
+        typer.echo(summary_line(plan), err=True)
     else:
         typer.echo(summary_line(plan))
         typer.echo(f"plan written to {output}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -10,7 +11,21 @@ from nydus_compact.reports.errors import ReportError
 
 from .app import EXIT_ERROR, EXIT_OK, app
 
+if TYPE_CHECKING:
+    from nydus_compact.safeio import OutputGuard
+
 DEFAULT_PLAN = Path("plan.yaml")
+
+
+def _report_guard(plan_file: Path | None, state: Path | None) -> OutputGuard:
+    """A report may not replace the plan, the store, nor anything the plan names."""
+    from nydus_compact.planner.guard import plan_guard
+    from nydus_compact.planner.planfile import load_plan
+    from nydus_compact.safeio import OutputGuard
+
+    if plan_file is None:
+        return OutputGuard().input(state, "the state store")
+    return plan_guard(load_plan(plan_file)[0], plan_file, state, outputs_are_inputs=True)
 
 
 @app.command("report")
@@ -19,7 +34,7 @@ def report_command(
     state: Path | None = typer.Option(None, "--state", help="SQLite state store (default: PLAN.state.sqlite next to the plan)."),
     run_id: int | None = typer.Option(None, "--run", min=1, help="Apply run to report (default: the plan's latest run)."),
     fmt: str | None = typer.Option(None, "--format", "-f", help="md or html (default: from the -o suffix, else md)."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Write the report here (atomically) instead of stdout."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the report here (atomically) instead of stdout (-: stdout)."),
 ) -> int:
     """Render an audit report of a plan and of its apply run: decisions with reasons and numbers,
     blob table before and after, merge groups, bytes to read / write / reclaim, and every apply
@@ -32,15 +47,17 @@ def report_command(
     """
     from nydus_compact.reports.render import FORMATS, render_report
     from nydus_compact.reports.views import Report, report_views
-    from nydus_compact.safeio import atomic_write_text
+    from nydus_compact.safeio import atomic_write_text, is_stdout
 
     if fmt is None:
         fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "md"
     if fmt not in FORMATS:
         raise ReportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    with report_views(plan_file, state, run_id) as (view, run, _):
+    with report_views(plan_file, state, run_id) as (view, run, store):
+        if output is not None and not is_stdout(output):
+            _report_guard(plan_file, store.path if store is not None else state).output(output, "the report (-o)")
         text = render_report(Report(view, run), fmt)
-    if output is None:
+    if output is None or is_stdout(output):
         typer.echo(text, nl=False)
     else:
         atomic_write_text(output, text)

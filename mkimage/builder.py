@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +25,7 @@ from nydus_compact.rafs.digest import Digester, digest
 from nydus_compact.rafs.flags import ChunkFlags, SuperFlags, flags_for
 from nydus_compact.rafs.loader import dump_bootstrap, parse_bootstrap
 from nydus_compact.rafs.model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from nydus_compact.safeio import atomic_write_bytes, fsync_dir, temp_file
 
 from .errors import BuildError
 from .layers import Entry, node_order, read_layers
@@ -86,7 +86,7 @@ def build_image(layers: list[Path], out_dir: Path, opts: BuildOptions | None = N
     bs = _bootstrap(tree.merged, store, opts)
     data = dump_bootstrap(bs)
     bootstrap_path = Path(out_dir) / BOOTSTRAP_NAME
-    _write_atomically(bootstrap_path, lambda fp: fp.write(data))
+    atomic_write_bytes(bootstrap_path, data)
     return BuildResult(
         bootstrap_path=bootstrap_path,
         blob_paths=store.blob_paths,
@@ -147,7 +147,7 @@ class _ChunkStore:
         limit = MAX_BLOBS[self.opts.fs_version]
         if len(self.blobs) >= limit:
             raise BuildError(f"more than {limit} layers contribute data: RAFS v{self.opts.fs_version} cannot hold the blobs")
-        fp = tempfile.NamedTemporaryFile(dir=self.blobs_dir, prefix=".blob-", delete=False)
+        fp = temp_file(self.blobs_dir)
         opts = self.opts
         writer = BlobWriter(
             fp,
@@ -283,16 +283,6 @@ def _v5_dir_size(names) -> int:
     return max(BLOCK_SIZE, -(-total // BLOCK_SIZE) * BLOCK_SIZE)
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    fp = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}-", delete=False)
-    try:
-        write(fp)  # type: ignore[arg-type]
-        _commit(fp, path)  # type: ignore[arg-type]
-    except BaseException:
-        _discard(fp)  # type: ignore[arg-type]
-        raise
-
-
 def _discard(fp: BinaryIO) -> None:
     fp.close()
     if os.path.exists(fp.name):
@@ -305,8 +295,4 @@ def _commit(fp: BinaryIO, final: Path) -> None:
     os.fsync(fp.fileno())
     fp.close()
     os.replace(fp.name, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(final.parent)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 FORMAT = "nydus-compact-plan/1"
 ALGORITHM = "nydus-compact-R1"
@@ -112,16 +114,34 @@ class Plan:
     findings: list[str] = field(default_factory=list)  # things a reviewer should know (missing kept blobs, ...)
     format: str = FORMAT
     algorithm: str = ALGORITHM
+    # The directory relative paths in the plan (images, outputs, chunk dict, localfs dirs) are
+    # resolved from: the plan file's. Not content of the plan, not in its digest: the reader sets it.
+    base_dir: Path = field(default=Path("."), compare=False, repr=False, metadata={"in_file": False})
 
     def body(self) -> dict:
         """Everything the digest covers, as plain data in a fixed order."""
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if k != "base_dir"}
         d["merge_candidates"] = [list(c) for c in self.merge_candidates]
         return d
+
+    def locate(self, stored: str) -> Path:
+        """A path as the plan stores it, usable from the current directory."""
+        path = Path(stored)
+        return path if path.is_absolute() else self.base_dir / path
 
     @property
     def digest(self) -> str:
         return plan_digest(self.body())
+
+
+def stored_path(path: str | Path, plan_dir: Path) -> str:
+    """How a plan stores a path: relative to the plan's directory when it lies under it (the plan
+    and its inputs can move together), else absolute; never relative to where `plan` ran."""
+    absolute = os.path.abspath(path)
+    base = os.path.abspath(plan_dir)
+    if absolute == base or absolute.startswith(base.rstrip(os.sep) + os.sep):
+        return os.path.relpath(absolute, base)
+    return absolute
 
 
 def plan_digest(body: dict) -> str:

@@ -123,7 +123,9 @@ def load_plan(path: Path) -> tuple[Plan, str | None]:
         raise PlanFileError(f"{path}: not valid YAML{where}: {problem}") from None
     except RecursionError:  # the composer builds nested collections recursively
         raise PlanFileError(f"{path}: not a plan: collections nested too deeply") from None
-    return plan_from_data(raw, str(path))
+    plan, recorded = plan_from_data(raw, str(path))
+    plan.base_dir = path.parent
+    return plan, recorded
 
 
 def plan_from_data(raw: object, source: str) -> tuple[Plan, str | None]:
@@ -169,7 +171,7 @@ def _convert(tp: object, value: object, key: str, source: str) -> object:
         if not isinstance(value, dict):
             fail(f"a mapping ({tp.__name__})")
         hints = typing.get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp)}
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.metadata.get("in_file", True)}
         unknown = sorted(set(value) - set(fields), key=str)
         if unknown:
             raise PlanFileError(f"{source}: {_join(key, str(unknown[0]))}: unknown key")

@@ -1,17 +1,29 @@
 """Crash-safe file writes: temp file in the target directory, fsync, rename, fsync the directory.
 
 Every output of nydus-compact (plans, blobs, bootstraps, reports, JSON) goes through here, so
-a crash or an error never leaves a half-written file under the final name.
+a crash or an error never leaves a half-written file under the final name. Files are created
+with mode 0666 minus the umask, like other tools' outputs. Which outputs a command may write
+at all is decided by the output guard (guard.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from .errors import OutputRefusedError, SafeIOError
+from .guard import BLOB_NAME, STDOUT, OutputGuard, check_regular, is_stdout
+
+__all__ = [
+    "BLOB_NAME", "STDOUT", "TMP_PREFIX", "OutputGuard", "OutputRefusedError", "SafeIOError", "atomic_write_bytes",
+    "atomic_write_text", "atomic_writer", "check_regular", "create_file", "fsync_dir", "is_stdout",
+    "remove_stale_temps", "stale_temps", "temp_file", "write_text_output",
+]
 
 TMP_PREFIX = ".compact-tmp."
 
@@ -24,22 +36,41 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def create_file(path: Path) -> BinaryIO:
+    """Create a new file for writing with mode 0666 minus the umask (mkstemp would make it 0600).
+    Exclusive: an existing file, or a symlink planted under the name, is an error."""
+    return open(path, "xb")
+
+
+def temp_file(directory: Path, prefix: str = TMP_PREFIX) -> BinaryIO:
+    """A new uniquely named file in ``directory`` (its path is ``.name``), for writers that learn
+    the final name only at the end (a blob named by its digest); rename it with os.replace."""
+    while True:
+        try:
+            return create_file(directory / f"{prefix}{secrets.token_hex(6)}")
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | Path, *, tmp_name: str | None = None) -> Iterator[BinaryIO]:
     """Yield a binary file that replaces ``path`` only if the block completes.
 
     ``tmp_name`` fixes the temp file's name (used by resumable writers to find their own
-    leftovers); by default a unique name with TMP_PREFIX is used.
+    leftovers); by default a unique name with TMP_PREFIX is used. An existing ``path`` that is
+    not a regular file is refused (the rename would replace a device node or FIFO).
     """
     path = Path(path)
+    check_regular(path, "an output")
     directory = path.parent if str(path.parent) else Path(".")
     if tmp_name is None:
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
-        fp = os.fdopen(fd, "wb")
-        tmp_path = Path(tmp)
+        fp = temp_file(directory)
+        tmp_path = Path(fp.name)
     else:
         tmp_path = directory / tmp_name
-        fp = open(tmp_path, "wb")
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()  # a leftover of this writer's killed run
+        fp = create_file(tmp_path)
     try:
         with fp:
             yield fp
@@ -60,6 +91,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_text_output(path: str | Path, text: str) -> None:
+    """A text output: stdout for ``-``, else written atomically."""
+    if is_stdout(path):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(path, text)
+
+
+def stale_temps(directory: Path, prefix: str = TMP_PREFIX) -> list[Path]:
+    """Leftovers of interrupted atomic writes in ``directory`` (regular files only)."""
+    return sorted(p for p in directory.glob(prefix + "*") if p.is_file() and not p.is_symlink())
 
 
 def remove_stale_temps(directory: Path, prefix: str = TMP_PREFIX) -> list[Path]:

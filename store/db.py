@@ -199,8 +199,8 @@ def _check_header(path: Path) -> None:
 
 def _connect(path: Path, create: bool, timeout: float) -> sqlite3.Connection:
     if path.exists():
-        if path.is_dir():
-            raise StoreError(f"{path}: is a directory, not a state database")
+        if not path.is_file():  # a FIFO would block the open forever, a device would be written
+            raise StoreError(f"{path}: is a directory or special file, not a state database")
         _check_header(path)
     elif not create:
         raise StoreError(f"{path}: no such state database")

@@ -511,14 +511,14 @@ def test_refuses_when_the_chunk_dict_changed(layers, dict_layer, tmp_path):
 
 
 OUTPUT_CLASHES = {
-    "-O is the source bootstrap": (lambda im: ["-O", im.boot], "refusing to overwrite the source bootstrap"),
-    "-J is the source bootstrap": (lambda im: ["-J", im.boot], "refusing to overwrite the source bootstrap"),
-    "-J is the plan": (lambda im: ["-J", im.plan], "refusing to overwrite the plan"),
-    "-J is -O": (lambda im: ["-O", im.root / "x", "-J", im.root / "x"], "refusing to overwrite the -O output"),
-    "-J is a blob name": (lambda im: ["-J", im.blobs / ("0" * 64)], "looks like a blob file name"),
+    "-O is the source bootstrap": (lambda im: ["-O", im.boot], "is the source bootstrap"),
+    "-J is the source bootstrap": (lambda im: ["-J", im.boot], "is the source bootstrap"),
+    "-J is the plan": (lambda im: ["-J", im.plan], "is the plan; refusing to overwrite it"),
+    "-J is -O": (lambda im: ["-O", im.root / "x", "-J", im.root / "x"], "is the new bootstrap (-O)"),
+    "-J is a blob name": (lambda im: ["-J", im.blobs / ("0" * 64)], "is named like a blob"),
     "-O is a source blob": (
         lambda im: ["-O", im.blobs / load_bootstrap(im.boot).blobs[0].blob_id],
-        "looks like a blob file name",
+        "is the source blob",
     ),
 }
 
