@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover - older typer on real click
 from nydus_compact.applier.errors import ApplyError
 from nydus_compact.backends.errors import BackendError
 from nydus_compact.mkimage.errors import BuildError
-from nydus_compact.planner.errors import PlanError
+from nydus_compact.planner.errors import PlanError, UsageError
 from nydus_compact.rafs.errors import RafsError
 from nydus_compact.reports.errors import ReportError
 from nydus_compact.safeio.errors import SafeIOError
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except click_exceptions.ClickException as exc:
         exc.show(file=sys.stderr)
         return EXIT_ERROR
+    except UsageError as exc:
+        print(f"compact: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except USER_ERRORS as exc:
         if debug:
             traceback.print_exc()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from nydus_compact.planner.formatting import human_size, summary_line
+from nydus_compact.planner.formatting import human_size, limit_line, summary_line
 from nydus_compact.safeio import OutputGuard, is_stdout
 from nydus_compact.store import default_state
 
@@ -101,6 +101,10 @@ def plan_command(
     compact_blob_size: str | None = typer.Option(None, "--compact-blob-size", help="Merge blobs smaller than SIZE (e.g. 10MiB)."),
     max_compact_size: str | None = typer.Option(None, "--max-compact-size", help="Merged blobs hold at most SIZE of used data."),
     layers_to_compact: int | None = typer.Option(None, "--layers-to-compact", help="Do nothing below N blobs (0: always)."),
+    max_blobs: int | None = typer.Option(
+        None, "--max-blobs", min=1,
+        help="After the size rules, merge further so the new blob table holds at most N blobs, rewriting the fewest extra bytes (v6: N <= 255, v5: N <= 256).",
+    ),
     output: Path = typer.Option(Path("plan.yaml"), "-o", "--output", help="Where to write the plan (- for stdout)."),
     new_bootstrap: Path | None = typer.Option(None, "-O", "--output-bootstrap", help="Bootstrap apply will write (default: BOOTSTRAP.compact)."),
     state: Path | None = typer.Option(None, "--state", help="SQLite state store (default: next to the plan, PLAN.state.sqlite)."),
@@ -120,9 +124,14 @@ def plan_command(
     Fleet (one plan for images sharing a blob store; apply writes one new bootstrap per image):
 
         compact plan app-v1.boot app-v2.boot app-v3.boot --blobs-dir blobs/ -o fleet.yaml
+
+    At most 64 blobs, merging the blobs that cost the fewest extra bytes to rewrite:
+
+        compact plan image.boot --blobs-dir blobs/ --max-blobs 64 -o plan.yaml
     """
     from nydus_compact.backends.config import local_blob_places, open_backend
     from nydus_compact.planner.config import CompactConfig, load_config_file, merge
+    from nydus_compact.planner.errors import UsageError
     from nydus_compact.planner.facts import Flags
     from nydus_compact.planner.pipeline import PlanInputs, make_plan
     from nydus_compact.planner.planfile import render, write_plan
@@ -136,8 +145,11 @@ def plan_command(
             "compact_blob_size": compact_blob_size,  # merge() parses sizes and names the flag
             "max_compact_size": max_compact_size,
             "layers_to_compact": layers_to_compact,
+            "max_blobs": max_blobs,
         },
     )
+    if upstream_oracle and cfg.max_blobs is not None:
+        raise UsageError("--max-blobs is a tool-mode improvement: it cannot be combined with --upstream-oracle")
     base = Flags.upstream_oracle() if upstream_oracle else Flags.tool_default()
     flags = Flags(**{**base.describe(), "i1_drop_unused_dict_blobs": drop_unused_dict_blobs,
                      "ratio_u8_wrap": ratio_u8_wrap, "v6_key": v6_key})
@@ -163,8 +175,12 @@ def plan_command(
     elif is_stdout(output):
         typer.echo(render(plan, "PLAN.yaml"), nl=False)
         typer.echo(summary_line(plan), err=True)
+        if (line := limit_line(plan)) is not None:
+            typer.echo(line, err=True)
     else:
         typer.echo(summary_line(plan))
+        if (line := limit_line(plan)) is not None:
+            typer.echo(line)
         typer.echo(f"plan written to {output}")
     if detailed_exitcode and plan.summary.changes:
         return EXIT_CHANGES
@@ -198,6 +214,8 @@ def render_show(plan: Plan, recorded: str | None) -> str:
     if recorded is not None and recorded != plan.digest:
         lines.append("note: the plan was edited after `compact plan` wrote it (digest differs); apply re-validates it")
     lines.append(summary_line(plan))
+    if (line := limit_line(plan)) is not None:
+        lines.append(line)
     lines.append("")
     lines.append("before:")
     lines.append(f"  {'idx':>3}  {'blob':<14} {'size':>10} {'used':>10} {'ratio':>5}  decision   reason")

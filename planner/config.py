@@ -42,6 +42,9 @@ class CompactConfig:
     max_compact_size: int = 100 * MiB  # cap on the referenced bytes of a merged blob
     layers_to_compact: int = 0  # skip when the extended blob list is shorter
     blobs_dir: str | None = None  # where new blobs are written
+    # Not upstream: after R, merge further until the new table holds at most this many blobs
+    # (planner.max_blobs); None leaves R's decisions as they are.
+    max_blobs: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -56,6 +59,10 @@ def _check_value(key: str, value: object) -> None:
     if key == "blobs_dir":
         if value is not None and (not isinstance(value, str) or not value):
             raise ValueError(f"expected a non-empty path string, got {_show(value)}")
+        return
+    if key == "max_blobs":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"expected a positive blob count, got {_show(value)}")
         return
     limit = _U8_MAX if key == "min_used_ratio" else _USIZE_MAX
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
@@ -124,8 +131,13 @@ def merge(config: CompactConfig, overrides: Mapping[str, object]) -> CompactConf
 
 
 def canonical_json(cfg: CompactConfig) -> bytes:
-    """The config as compact JSON with sorted keys: the form whose sha256 a plan records."""
-    return json.dumps(asdict(cfg), sort_keys=True, separators=(",", ":")).encode()
+    """The config as compact JSON with sorted keys: the form whose sha256 a plan records.
+
+    ``max_blobs`` appears only when set, so plans made without it keep their digests."""
+    doc = asdict(cfg)
+    if doc["max_blobs"] is None:
+        del doc["max_blobs"]
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _build(base: CompactConfig, values: Mapping[str, object], where: Callable[[str], str]) -> CompactConfig:

@@ -9,6 +9,10 @@ class ConfigError(PlanError):
     """A compact config (or a flag) has a wrong value."""
 
 
+class UsageError(PlanError):
+    """The command asks for something the inputs cannot have (e.g. --max-blobs above the format's limit)."""
+
+
 class PlanFileError(PlanError):
     """A plan file is unreadable, invalid (with the key path) or stale."""
 

@@ -1,4 +1,5 @@
-"""Sizes and the one-line plan summary as people read them (plan file, `show`, reports, `gc`).
+"""Sizes, the one-line plan summary and the --max-blobs wording as people read them (plan file,
+`show`, reports, `explain`, `gc`).
 
 Kept free of heavy imports: `compact show` and the reports use it without loading YAML or jinja.
 """
@@ -31,3 +32,24 @@ def summary_line(plan: Plan) -> str:
         f"read {human_size(s.bytes_to_read)}, write {human_size(s.bytes_to_write)}, "
         f"reclaimable {human_size(s.reclaimable_bytes)}."
     )
+
+
+def count_merge_text(limit: int | None, exact: bool = True) -> str:
+    """Why a blob R would keep is merged under --max-blobs (plan comments, show, reports, explain)."""
+    under = f"under {limit} blobs" if limit is not None else "under the --max-blobs limit"
+    cheapest = "this was the cheapest choice" if exact else "this was the cheapest choice found (not proven optimal)"
+    return f"merged to bring the image {under}; {cheapest}"
+
+
+def limit_line(plan: Plan) -> str | None:
+    """What --max-blobs did, in one line; None for plans made without it."""
+    m = plan.max_blobs
+    if m is None:
+        return None
+    before, after = max(m.blobs_before, default=0), max(m.blobs_after, default=0)
+    if before <= m.limit:
+        return f"max-blobs {m.limit}: already met ({before} blobs after the size rules); nothing more merged."
+    text = f"max-blobs {m.limit}: {before} blobs after the size rules -> {after}; {human_size(m.extra_bytes)} more rewritten"
+    if not m.reached:
+        return text + f" (no grouping reaches {m.limit}; this is the nearest count)."
+    return text + f" ({count_merge_text(m.limit, m.exact)})."

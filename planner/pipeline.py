@@ -26,11 +26,12 @@ from nydus_compact.store.index import index_bootstrap
 from nydus_compact.store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, save_plan
 
 from .config import CompactConfig, canonical_json
-from .errors import PlanError
+from .errors import PlanError, UsageError
 from .facts import Facts, Flags
 from .fleet import Union, referenced_bytes, unite
-from .layout import Layout, layout
-from .plan import Group, InputFile, InputImage, Plan, SourceBlob, Summary
+from .layout import MAX_TABLE, Layout, layout
+from .max_blobs import LimitResult, limit_blobs
+from .plan import Group, InputFile, InputImage, MaxBlobs, Plan, SourceBlob, Summary
 from .policy import Decisions, decide
 
 I3_NOOP_REASON = "no changes"  # planner.policy.decide
@@ -52,6 +53,7 @@ class PlanOutcome:
     decisions: Decisions
     layout: Layout
     image_ids: list[int]
+    limit: LimitResult | None = None
 
 
 def default_output(bootstrap: Path) -> Path:
@@ -101,6 +103,7 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
         hashing = [pool.submit(bootstrap_sha256, p) for p in paths]
         sources = [load_bootstrap(p) for p in paths]
         shas = [h.result() for h in hashing]
+    check_max_blobs(inputs.config, sources[0].version)
     dict_bs = dict_file = None
     if inputs.chunk_dict is not None:
         dict_bs = load_bootstrap(inputs.chunk_dict)
@@ -132,12 +135,42 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
     del sources, dict_bs
     facts = union.facts
     decisions = decide(facts, inputs.config, inputs.flags)
+    limit = None
+    if inputs.config.max_blobs is not None:
+        decisions, limit = limit_blobs(decisions, inputs.config.max_blobs, inputs.config.max_compact_size, union.slices)
+        if limit is None:  # R stopped at the layers_to_compact gate: the tables stay as they are
+            before = [len(bs) for bs in union.blob_maps]
+            limit = LimitResult(inputs.config.max_blobs, tuple(before), tuple(before), 0, True, True)
     result = layout(facts, decisions)
     _check_readable(decisions, result, missing, sizes, facts)
 
-    plan = _describe(inputs, images, union, dict_file, decisions, result, sizes, missing)
+    plan = _describe(inputs, images, union, dict_file, decisions, result, sizes, missing, limit)
     _save_recipe(store, plan, image_ids, inputs, decisions, result)
-    return PlanOutcome(plan, decisions, result, image_ids)
+    return PlanOutcome(plan, decisions, result, image_ids, limit)
+
+
+def check_max_blobs(cfg: CompactConfig, version: int) -> None:
+    """--max-blobs must be a count the image's format can hold."""
+    if cfg.max_blobs is not None and cfg.max_blobs > MAX_TABLE[version]:
+        raise UsageError(
+            f"--max-blobs {cfg.max_blobs}: a RAFS v{version} blob table holds at most {MAX_TABLE[version]} blobs"
+        )
+
+
+def limit_findings(limit: LimitResult, images: list[InputImage]) -> list[str]:
+    """What a reviewer must know about the limit: images it could not reach, an unproven choice."""
+    out = [
+        f"max_blobs {limit.limit}: no grouping of compatible blobs within max_compact_size brings {im.path} "
+        f"to {limit.limit} blobs; the plan reaches {after}, the nearest it can (from {before})"
+        for im, before, after in zip(images, limit.before, limit.after)
+        if after > limit.limit
+    ]
+    if limit.changed and not limit.exact:
+        out.append(
+            f"max_blobs {limit.limit}: the blobs merged for the count are the cheapest choice found, "
+            "not proven the cheapest (see README, --max-blobs)"
+        )
+    return out
 
 
 def _check_readable(
@@ -175,6 +208,7 @@ def _describe(
     result: Layout,
     sizes: dict[str, int],
     missing: dict[str, str],
+    limit: LimitResult | None = None,
 ) -> Plan:
     facts = union.facts
     blobs = _extended_blobs(facts)
@@ -250,6 +284,8 @@ def _describe(
         for b in blobs
         if b.blob_id in kept and b.blob_id in sizes and 0 < b.compressed_size and sizes[b.blob_id] < b.compressed_size
     ]
+    if limit is not None:
+        findings += limit_findings(limit, images)
     summary = Summary(
         changes=changes,
         noop_reason=None if changes else noop_reason,
@@ -277,6 +313,16 @@ def _describe(
         deletable=sorted(result.deletable) if changes else [],
         merge_candidates=[(c.index, c.size) for c in decisions.candidates],
         findings=findings,
+        max_blobs=None
+        if limit is None
+        else MaxBlobs(
+            limit=limit.limit,
+            reached=limit.reached,
+            exact=limit.exact,
+            blobs_before=list(limit.before),
+            blobs_after=list(limit.after),
+            extra_bytes=limit.extra_bytes,
+        ),
     )
 
 

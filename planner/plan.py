@@ -89,6 +89,18 @@ class Summary:
     occurrences_remapped: int
 
 
+@dataclass
+class MaxBlobs:
+    """What `--max-blobs` did (planner.max_blobs); absent from plans made without it."""
+
+    limit: int
+    reached: bool  # every image's new table holds at most ``limit`` blobs
+    exact: bool  # the choice is proven to rewrite the fewest extra bytes
+    blobs_before: list[int]  # per image: blobs in its new table under R alone
+    blobs_after: list[int]  # per image: blobs once the limit is applied
+    extra_bytes: int  # referenced bytes of blobs R kept that the limit makes rewritten
+
+
 # Scalars only (and lists of strings): a plan file is untrusted input, and a free-form value
 # could hold a YAML alias bomb that only explodes when the plan is hashed.
 FlagValue = bool | int | str | None
@@ -112,6 +124,7 @@ class Plan:
     deletable: list[str]
     merge_candidates: list[tuple[int, int]]
     findings: list[str] = field(default_factory=list)  # things a reviewer should know (missing kept blobs, ...)
+    max_blobs: MaxBlobs | None = None
     format: str = FORMAT
     algorithm: str = ALGORITHM
     # The directory relative paths in the plan (images, outputs, chunk dict, localfs dirs) are
@@ -122,6 +135,8 @@ class Plan:
         """Everything the digest covers, as plain data in a fixed order."""
         d = {k: v for k, v in asdict(self).items() if k != "base_dir"}
         d["merge_candidates"] = [list(c) for c in self.merge_candidates]
+        if d["max_blobs"] is None:  # plans made without the limit keep their digests
+            del d["max_blobs"]
         return d
 
     def locate(self, stored: str) -> Path:

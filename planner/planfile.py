@@ -24,8 +24,8 @@ from nydus_compact.safeio import atomic_write_text
 from nydus_compact.templates import environment
 
 from .errors import PlanFileError
-from .formatting import human_size, summary_line
-from .plan import ACTIONS, FORMAT, Plan, SourceBlob
+from .formatting import count_merge_text, human_size, summary_line
+from .plan import ACTIONS, FORMAT, MaxBlobs, Plan, SourceBlob
 
 if TYPE_CHECKING:
     import jinja2
@@ -64,8 +64,7 @@ def _parse(text: str) -> object:
         return yaml.safe_load(text)
 
 
-
-def explain_blob(b: SourceBlob) -> str:
+def explain_blob(b: SourceBlob, limit: MaxBlobs | None = None) -> str:
     """One line a reviewer reads above each blob block."""
     used = f"uses {human_size(b.used_bytes)}"
     if b.size_for_ratio:
@@ -84,6 +83,8 @@ def explain_blob(b: SourceBlob) -> str:
         "REBUILD_RATIO": f"{used}, below the threshold: rebuilt",
         "MERGE_TARGET": f"merge target of {b.group}; {used}",
         "MERGED_INTO": f"merged into {b.group}; {used}",
+        "MERGE_FOR_COUNT": f"{count_merge_text(limit.limit if limit else None, limit.exact if limit else True)}"
+        f" (into {b.group}); {used}",
     }.get(b.reason, b.reason)
     return f"{b.decision}: {text}"
 

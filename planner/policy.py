@@ -287,7 +287,10 @@ class _State:
 def decide(facts: Facts, cfg: CompactConfig, flags: Flags) -> Decisions:
     """Per-blob decisions of R (with the I-flags in ``flags``) for ``facts`` under ``cfg``."""
     n_e = len(extend(facts).blobs)
-    if n_e < cfg.layers_to_compact:  # §1.10: checked before any chunk is looked at
+    # §1.10: checked before any chunk is looked at. A table over the --max-blobs limit is
+    # compacted whatever layers_to_compact says: the limit is the stronger request.
+    over_limit = cfg.max_blobs is not None and n_e > cfg.max_blobs
+    if n_e < cfg.layers_to_compact and not over_limit:
         reason = f"{n_e} blobs, fewer than layers_to_compact {cfg.layers_to_compact}"
         return Decisions(facts.version, flags, (), (), (), reason)
     res = resolve(facts, flags)

@@ -161,7 +161,7 @@ def render_explanation(e: Explanation) -> str:
         f"  why         {b.why}",
         f"  numbers     size {human_size(b.size)}, used {human_size(b.used_bytes)} ({b.used_bytes} bytes), ratio {ratio}; "
         f"min_used_ratio {t.min_used_ratio}%, compact_blob_size {human_size(t.compact_blob_size)}, "
-        f"max_compact_size {human_size(t.max_compact_size)}",
+        f"max_compact_size {human_size(t.max_compact_size)}" + (f", max_blobs {t.max_blobs}" if t.max_blobs else ""),
         f"  after apply {_after(e)}",
     ]
     if e.fleet_size > 1:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from nydus_compact.planner.formatting import human_size
+from nydus_compact.planner.formatting import count_merge_text, human_size
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.store import default_state
@@ -44,6 +44,7 @@ class Thresholds:
     min_used_ratio: int
     compact_blob_size: int
     max_compact_size: int
+    max_blobs: int | None = None  # --max-blobs, when the plan was made with it
 
     @classmethod
     def from_config(cls, config: dict) -> Thresholds:
@@ -51,7 +52,9 @@ class Thresholds:
             value = config.get(key, 0)
             return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
-        return cls(number("min_used_ratio"), number("compact_blob_size"), number("max_compact_size"))
+        return cls(
+            number("min_used_ratio"), number("compact_blob_size"), number("max_compact_size"), number("max_blobs") or None
+        )
 
 
 @dataclass
@@ -119,6 +122,7 @@ class PlanView:
     deletable: list[BlobRow]
     findings: list[str] = field(default_factory=list)
     edited: bool = False  # the plan file's recorded digest differs from its content
+    limit_exact: bool = True  # --max-blobs: the blobs merged for the count are proven the cheapest
     fleet: list[tuple[str, str]] = field(default_factory=list)  # (source, new bootstrap) of every image of a fleet plan
 
     @property
@@ -236,6 +240,8 @@ def why(b: BlobRow, plan: PlanView, candidates: dict[int, int] | None) -> str:
             f"{used}; smaller than compact_blob_size {human_size(t.compact_blob_size)}: "
             f"its used chunks are merged into new blob {b.group}{target}"
         )
+    if b.reason == "MERGE_FOR_COUNT":
+        return f"{used}; {count_merge_text(t.max_blobs, plan.limit_exact)}: its used chunks go into new blob {b.group}"
     if b.reason == "KEEP_UNSUPPORTED":
         return f"{used}; a ZRAN, SEPARATE or inlined-meta blob, whose chunks cannot be copied: kept as is"
     if b.reason == "DICT_KEEP":
@@ -315,6 +321,7 @@ def plan_view(plan: Plan, source: str, recorded_digest: str | None = None) -> Pl
         findings=list(plan.findings),
         fleet=[(im.path, im.output) for im in plan.images] if len(plan.images) > 1 else [],
         edited=recorded_digest is not None and recorded_digest != plan.digest,
+        limit_exact=plan.max_blobs.exact if plan.max_blobs is not None else True,
     )
     return _assemble(view, dict(plan.merge_candidates))
 
