@@ -48,6 +48,12 @@ SCENARIOS: dict[str, tuple[int, tuple[str, ...]]] = {
     ),
     "tiny-layers": (2, ("tiny/image.boot", "--blobs-dir", "tiny/blobs")),
     "no-changes": (0, ("one/image.boot", "--blobs-dir", "one/blobs")),
+    # R rebuilds the five blobs under 10 %; the limit folds them (free) and the three cheapest kept blobs.
+    "tiny-max-blobs": (
+        2,
+        ("tiny/image.boot", "--blobs-dir", "tiny/blobs", "--min-used-ratio", "10", "--compact-blob-size", "0",
+         "--max-blobs", "5"),
+    ),
 }
 
 
