@@ -46,7 +46,7 @@ class BlobDecision:
     index: int
     blob_id: str
     action: str  # one of ACTIONS
-    reason: str  # KEEP, UNREFERENCED, DICT_KEEP, DICT_UNUSED, REBUILD_RATIO, MERGE_TARGET, MERGED_INTO
+    reason: str  # KEEP, UNREFERENCED, DICT_KEEP, DICT_UNUSED, REBUILD_RATIO, MERGE_TARGET, MERGED_INTO, MERGE_FOR_COUNT
     used_bytes: int  # compressed bytes of the chunks this blob won (set.total before any merge)
     used_chunks: int
     size: int  # the ratio's denominator
