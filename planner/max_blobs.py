@@ -345,19 +345,24 @@ def _first_fit(order: list[Item], cap: int, chunk_cap: int | None) -> list[list[
 
 
 def _lower_bound(order: list[Item], cap: int, chunk_cap: int | None) -> int:
-    """max(L2 of Martello and Toth on bytes, the chunk volume bound)."""
-    weights = [it.weight for it in order]
-    bound = -(-sum(weights) // cap)
+    """max(L2 of Martello and Toth on bytes, the chunk volume bound); all thresholds at once."""
+    w = np.sort(np.array([it.weight for it in order], dtype=np.int64))
+    prefix = np.concatenate(([0], np.cumsum(w)))
+    bound = int(-(-prefix[-1] // cap))
     if chunk_cap is not None:
         bound = max(bound, -(-sum(it.chunks for it in order) // chunk_cap))
-    half = cap / 2
-    for alpha in {0, *(x for x in weights if x <= half)}:
-        j1 = [x for x in weights if x > cap - alpha]
-        j2 = [x for x in weights if half < x <= cap - alpha]
-        j3 = sum(x for x in weights if alpha <= x <= half)
-        spare = len(j2) * cap - sum(j2)
-        bound = max(bound, len(j1) + len(j2) + max(0, -(-(j3 - spare) // cap)))
-    return bound
+    half = cap // 2  # w <= cap/2 exactly when w <= cap // 2 for integers
+    alphas = np.unique(np.concatenate(([0], w[w <= half])))
+    big = np.searchsorted(w, half, "right")  # first weight above cap/2
+    top = np.searchsorted(w, cap - alphas, "right")  # first weight above cap - alpha
+    low = np.searchsorted(w, alphas, "left")  # first weight >= alpha
+    j1 = len(w) - top
+    j2 = top - big
+    j2_sum = prefix[top] - prefix[big]
+    j3_sum = prefix[big] - prefix[low]
+    rest = j3_sum - (j2 * cap - j2_sum)
+    l2 = j1 + j2 + np.maximum(0, -(-rest // cap))
+    return max(bound, int(l2.max()))
 
 
 def _branch_and_bound(

@@ -284,8 +284,11 @@ class _State:
     merged_into: int | None = None
 
 
-def decide(facts: Facts, cfg: CompactConfig, flags: Flags) -> Decisions:
-    """Per-blob decisions of R (with the I-flags in ``flags``) for ``facts`` under ``cfg``."""
+def decide(facts: Facts, cfg: CompactConfig, flags: Flags, resolution: Resolution | None = None) -> Decisions:
+    """Per-blob decisions of R (with the I-flags in ``flags``) for ``facts`` under ``cfg``.
+
+    ``resolution``: one made earlier for the same facts and flags, reused (it does not depend on
+    ``cfg``: a search over thresholds resolves once)."""
     n_e = len(extend(facts).blobs)
     # §1.10: checked before any chunk is looked at. A table over the --max-blobs limit is
     # compacted whatever layers_to_compact says: the limit is the stronger request.
@@ -293,7 +296,7 @@ def decide(facts: Facts, cfg: CompactConfig, flags: Flags) -> Decisions:
     if n_e < cfg.layers_to_compact and not over_limit:
         reason = f"{n_e} blobs, fewer than layers_to_compact {cfg.layers_to_compact}"
         return Decisions(facts.version, flags, (), (), (), reason)
-    res = resolve(facts, flags)
+    res = resolution if resolution is not None and resolution.fits(facts, flags) else resolve(facts, flags)
     E = res.ext.blobs
 
     ch = facts.chunks

@@ -81,3 +81,22 @@ def test_generated_image_is_valid_and_has_the_intended_blob_classes(images, tmp_
     assert len(decisions) == len(meta["blob_classes"])
     for cls, decision in zip(meta["blob_classes"], decisions):
         assert decision in expected[cls], (cls, decision)
+
+
+def test_max_blobs_quick_run_compares_with_the_cheapest_threshold_configuration(tmp_path):
+    out = tmp_path / "max_blobs.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "max_blobs.py"), "--quick", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "load average" in proc.stdout and "thresholds (sizes_and_ratio)" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert [r["limit"] for r in doc["rows"]] == [8, 4]
+    for r in doc["rows"]:
+        assert r["max_blobs"]["blobs"] <= r["limit"]
+        for name in ("sizes", "sizes_and_ratio"):
+            t = r[name]
+            assert t["blobs"] <= r["limit"] and t["max_blobs_same_cap"]["blobs"] <= r["limit"]
+            # No threshold configuration reaching the count rewrites less than the limit at its cap.
+            assert t["max_blobs_same_cap"]["bytes_written"] <= t["bytes_written"]
