@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers.compact_env import cli
+from helpers.cli import cli
 from helpers.erofs import check_v6_image
 from helpers.plan_scenarios import V5, V6, write_layer
 from test_apply import assert_same_files, serve_only_table
