@@ -44,10 +44,11 @@ from .policy import KEPT_ACTIONS, Decisions, MergeGroup, merge_class
 MERGE_FOR_COUNT = "MERGE_FOR_COUNT"
 
 # Bin packing instances of at most this many items are solved by exhaustive branch and bound;
-# larger ones too unless the search exceeds PACK_NODE_BUDGET nodes, when first-fit-decreasing
-# (at most 11/9 OPT + 6/9 bins) stands.
+# larger ones too unless the search exceeds PACK_NODE_BUDGET nodes (or the plan's whole search
+# PLAN_NODE_BUDGET), when first-fit-decreasing (at most 11/9 OPT + 6/9 bins) stands.
 EXACT_PACK_ITEMS = 16
 PACK_NODE_BUDGET = 200_000
+PLAN_NODE_BUDGET = 1_000_000
 # A fleet with at most this many items is solved by trying every partition (Bell(8) = 4140).
 EXACT_FLEET_ITEMS = 8
 
@@ -172,6 +173,7 @@ class _Problem:
     limit: int
     fixed: list[int]  # per image: entries the limit cannot fold
     exact: bool = True
+    nodes_left: int = PLAN_NODE_BUDGET  # branch-and-bound nodes the whole plan may still spend
 
     def counts(self, items: list[Item]) -> list[int]:
         return [f + sum(1 for it in items if k in it.images) for k, f in enumerate(self.fixed)]
@@ -231,7 +233,8 @@ class _Problem:
         return len(items) - len(self._pack(items)) if len(items) > 1 else 0
 
     def _pack(self, items: list[Item]) -> list[list[Item]]:
-        bins, exact = pack(items, self.cap, self.chunk_cap)
+        bins, exact, nodes = pack(items, self.cap, self.chunk_cap, min(PACK_NODE_BUDGET, self.nodes_left))
+        self.nodes_left = max(0, self.nodes_left - nodes)
         if not exact or (self.chunk_cap is not None and sum(it.chunks for it in items) > self.chunk_cap):
             # The prefix argument orders by bytes alone: a binding chunk cap voids the proof.
             self.exact = False
@@ -314,19 +317,22 @@ def _partitions(n: int):
     yield from rec(1, 0)
 
 
-def pack(items: list[Item], cap: int, chunk_cap: int | None) -> tuple[list[list[Item]], bool]:
-    """The fewest bins of at most ``cap`` bytes (and ``chunk_cap`` chunks) holding ``items``, and
-    whether that number is proven minimal. Every item fits a bin on its own."""
+def pack(
+    items: list[Item], cap: int, chunk_cap: int | None, budget: int = PACK_NODE_BUDGET
+) -> tuple[list[list[Item]], bool, int]:
+    """The fewest bins of at most ``cap`` bytes (and ``chunk_cap`` chunks) holding ``items``,
+    whether that number is proven minimal, and the search nodes spent (at most ``budget`` beyond
+    EXACT_PACK_ITEMS items). Every item fits a bin on its own."""
     if not items:
-        return [], True
+        return [], True, 0
     order = sorted(items, key=lambda it: (-it.weight, -it.chunks, it.index))
     bins = _first_fit(order, cap, chunk_cap)
     lower = _lower_bound(order, cap, chunk_cap)
     if len(bins) <= lower:
-        return bins, True
-    budget = None if len(order) <= EXACT_PACK_ITEMS else PACK_NODE_BUDGET
-    better, complete = _branch_and_bound(order, cap, chunk_cap, len(bins), lower, budget)
-    return (better if better is not None else bins), complete
+        return bins, True, 0
+    limit = None if len(order) <= EXACT_PACK_ITEMS else budget
+    better, complete, nodes = _branch_and_bound(order, cap, chunk_cap, len(bins), lower, limit)
+    return (better if better is not None else bins), complete, nodes
 
 
 def _first_fit(order: list[Item], cap: int, chunk_cap: int | None) -> list[list[Item]]:
@@ -367,9 +373,9 @@ def _lower_bound(order: list[Item], cap: int, chunk_cap: int | None) -> int:
 
 def _branch_and_bound(
     order: list[Item], cap: int, chunk_cap: int | None, upper: int, lower: int, budget: int | None
-) -> tuple[list[list[Item]] | None, bool]:
-    """A packing in fewer than ``upper`` bins if one exists (None otherwise), and whether the
-    search was complete. Items are placed largest first; bins of equal load are tried once."""
+) -> tuple[list[list[Item]] | None, bool, int]:
+    """A packing in fewer than ``upper`` bins if one exists (None otherwise), whether the search
+    was complete, and its nodes. Items are placed largest first; bins of equal load are tried once."""
     n = len(order)
     rest = [0] * (n + 1)
     for i in range(n - 1, -1, -1):
@@ -420,11 +426,11 @@ def _branch_and_bound(
 
     visit(0)
     if best is None:
-        return None, complete
+        return None, complete, nodes
     bins: list[list[Item]] = [[] for _ in range(best_n)]
     for it, b in zip(order, best):
         bins[b].append(it)
-    return bins, complete
+    return bins, complete, nodes
 
 
 def _apply(decisions: Decisions, bins: list[list[Item]]) -> Decisions:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nydus_compact.planner.config import CompactConfig
 from nydus_compact.planner.facts import Facts, Flags
 from nydus_compact.planner.layout import layout
-from nydus_compact.planner.max_blobs import MERGE_FOR_COUNT, limit_blobs
+from nydus_compact.planner.max_blobs import MERGE_FOR_COUNT, Item, limit_blobs, pack
 from nydus_compact.planner.policy import Decisions, decide, merge_class
 from nydus_compact.rafs.compression import Compressor
 
@@ -125,6 +125,18 @@ def test_no_grouping_reaches_the_limit_so_the_nearest_count_is_reached(version: 
     _, out, result, lay = limited(image(version, [40, 50, 70, 80, 90]), 2, cap=100)
     assert (result.reached, result.after, result.extra_bytes) == (False, (4,), 90)
     assert len(lay.table) == 4
+
+
+def test_exact_packing_where_first_fit_decreasing_needs_one_blob_more() -> None:
+    # First-fit-decreasing packs 48 | 44 | 41 40 ... into 3 blobs of at most 100; two suffice:
+    # 48 + 41 + 10 and 44 + 40 + 16. Branch and bound finds them.
+    items = [Item(i, (i,), w, 1, w, (), frozenset({0})) for i, w in enumerate([44, 40, 41, 48, 10, 16])]
+    bins, exact, _ = pack(items, 100, None)
+    assert exact and sorted(sorted(it.weight for it in b) for b in bins) == [[10, 41, 48], [16, 40, 44]]
+    # So the six fold into 2 new blobs: 8 blobs -> 4 for 199 bytes, without touching 95 or 96.
+    _, out, result, _ = limited(image(5, [44, 40, 41, 48, 10, 16, 95, 96]), 4, cap=100)
+    assert (result.after, result.extra_bytes, result.exact) == ((4,), 199, True)
+    assert folded(out) == [0, 1, 2, 3, 4, 5]
 
 
 def test_layers_to_compact_does_not_stop_a_count_over_the_limit() -> None:
