@@ -18,6 +18,7 @@ from nydus_compact import version
 from nydus_compact.backends.base import BlobBackend
 from nydus_compact.backends.config import BackendConfig
 from nydus_compact.backends.errors import BlobNotFoundError
+from nydus_compact.rafs.constants import MAX_BLOBS
 from nydus_compact.rafs.flags import SuperFlags
 from nydus_compact.rafs.loader import bootstrap_sha256, load_bootstrap
 from nydus_compact.rafs.model import Bootstrap
@@ -29,7 +30,7 @@ from .config import CompactConfig, canonical_json
 from .errors import PlanError, UsageError
 from .facts import Facts, Flags
 from .fleet import Union, referenced_bytes, unite
-from .layout import MAX_TABLE, Layout, layout
+from .layout import Layout, layout
 from .max_blobs import LimitResult, limit_blobs
 from .plan import Group, InputFile, InputImage, MaxBlobs, Plan, SourceBlob, Summary
 from .policy import Decisions, decide
@@ -151,9 +152,9 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
 
 def check_max_blobs(cfg: CompactConfig, version: int) -> None:
     """--max-blobs must be a count the image's format can hold."""
-    if cfg.max_blobs is not None and cfg.max_blobs > MAX_TABLE[version]:
+    if cfg.max_blobs is not None and cfg.max_blobs > MAX_BLOBS[version]:
         raise UsageError(
-            f"--max-blobs {cfg.max_blobs}: a RAFS v{version} blob table holds at most {MAX_TABLE[version]} blobs"
+            f"--max-blobs {cfg.max_blobs}: a RAFS v{version} blob table holds at most {MAX_BLOBS[version]} blobs"
         )
 
 
