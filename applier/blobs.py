@@ -194,6 +194,11 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
         run_lo, run_hi = starts[cut].tolist(), ends[last].tolist()
         piece_runs = [*np.searchsorted(run_first, piece_first).tolist(), len(run_first)]
         buffers = _Buffers(max(p[2] for p in pieces))
+        # A remote backend keeps several reads in flight while earlier ones are checked and written;
+        # a local one reads straight into the ring's buffers.
+        ahead = None
+        if job.backend.read_concurrency > 1:
+            ahead = job.backend.read_many((job.sources[p[0]].blob_id, p[1], p[2]) for p in pieces)
         for n, (src, offset, length, first, count) in enumerate(pieces):
             if job.cancel.is_set():
                 raise ApplyCancelled(f"copy of {group} stopped")
@@ -201,7 +206,10 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
                 fault_point(f"blob-mid:{group}")
             blob = job.sources[src]
             slot, data = buffers.take(length)
-            job.backend.readinto(blob.blob_id, offset, data)
+            if ahead is not None:
+                data[:] = next(ahead)
+            else:
+                job.backend.readinto(blob.blob_id, offset, data)
             counts[0] += length
             counts[1] += 1
             if job.check is not None:

@@ -7,9 +7,11 @@ bytes than asked for, it raises ``BackendError`` naming the blob and the range i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import BackendError
 
@@ -59,6 +61,8 @@ class BlobBackend(ABC):
     max_read: int = DEFAULT_MAX_READ
     # Local backends take no uploads: apply's blobs dir is itself the destination.
     accepts_uploads: bool = False
+    # Reads ``read_many`` keeps in flight: remote backends overlap their round trips.
+    read_concurrency: int = 1
 
     @abstractmethod
     def blob_size(self, blob_id: str) -> int:
@@ -96,6 +100,26 @@ class BlobBackend(ABC):
                 out[i] = bytes(data[start : start + ranges[i][1]])
         return out
 
+    def read_many(self, reads: Iterable[tuple[str, int, int]]) -> Iterator[bytes]:
+        """The bytes of each (blob id, offset, size) read, in the order given, with up to
+        ``read_concurrency`` reads in flight (so at most that many reads' bytes in memory)."""
+        if self.read_concurrency <= 1:
+            for blob_id, offset, size in reads:
+                yield self.read_exact(blob_id, offset, size)
+            return
+        pool = ThreadPoolExecutor(max_workers=self.read_concurrency, thread_name_prefix="read")
+        window: deque[Future[bytes]] = deque()
+        try:
+            for blob_id, offset, size in reads:
+                window.append(pool.submit(self.read_exact, blob_id, offset, size))
+                if len(window) >= self.read_concurrency:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            # A consumer that stops early (an error, a closed generator) waits only for reads in flight.
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def reader(self, blob_id: str) -> BlobReader:
         return BlobReader(self, blob_id)
 
@@ -121,6 +145,14 @@ class BlobReader:
 
     def __str__(self) -> str:
         return self.blob_id
+
+
+def read_full(f: BinaryIO, size: int, path: Path, blob_id: str) -> bytes:
+    """Exactly ``size`` bytes of a staged blob file being uploaded."""
+    data = f.read(size)
+    if len(data) != size:
+        raise BackendError(f"blob {blob_id}: {path} changed while it was uploaded")
+    return data
 
 
 def short_read_error(blob_id: str, offset: int, size: int, got: int) -> BackendError:

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .base import BlobBackend, short_read_error
+from .base import BlobBackend, read_full, short_read_error
 from .errors import BackendError, BlobNotFoundError
 
 T = TypeVar("T")
@@ -199,11 +199,11 @@ class RegistryBackend(BlobBackend):
         try:
             with path.open("rb") as f:
                 if file_size <= self.monolithic_upload_max:
-                    self._finish_upload(blob_id, location, _read_full(f, file_size, path, blob_id))
+                    self._finish_upload(blob_id, location, read_full(f, file_size, path, blob_id))
                 else:
                     done = 0
                     while done < file_size:
-                        part = _read_full(f, min(self.upload_chunk_size, file_size - done), path, blob_id)
+                        part = read_full(f, min(self.upload_chunk_size, file_size - done), path, blob_id)
                         location = self._patch_upload(blob_id, location, done, part)
                         done += len(part)
                     self._finish_upload(blob_id, location, b"")
@@ -259,7 +259,7 @@ class RegistryBackend(BlobBackend):
             # A 200 is the whole blob: skip to the range. Reading one byte past the range of a 206
             # tells an overlong answer (a broken server or proxy) from a correct one.
             partial = resp.status_code == 206
-            body = _read_window(resp, 0 if partial else offset, size + 1 if partial else size)
+            body = read_window(resp, 0 if partial else offset, size + 1 if partial else size)
         if len(body) < size:
             raise short_read_error(blob_id, offset, size, len(body))
         if len(body) > size:
@@ -396,7 +396,7 @@ class RegistryBackend(BlobBackend):
             request = self._client.build_request(method, url, headers=hdrs, content=content)
             return self._client.send(request, stream=True), sent
         except httpx.RequestError as exc:
-            raise _Retryable(_transport_reason(exc)) from None
+            raise _Retryable(transport_reason(exc)) from None
         except httpx.InvalidURL:
             raise BackendError(f"registry {self._where()}: invalid URL for {method}") from None
 
@@ -444,12 +444,12 @@ class RegistryBackend(BlobBackend):
             try:
                 with self._client.stream("GET", realm, params=params, headers=headers) as resp:
                     status = resp.status_code
-                    body = _read_window(resp, 0, MAX_TOKEN_RESPONSE + 1) if status == 200 else b""
+                    body = read_window(resp, 0, MAX_TOKEN_RESPONSE + 1) if status == 200 else b""
                 break
             except httpx.RequestError as exc:
                 if n == self.retry_limit:
                     raise BackendError(
-                        f"registry {self.host}: token service unreachable: {_transport_reason(exc)}"
+                        f"registry {self.host}: token service unreachable: {transport_reason(exc)}"
                     ) from None
                 time.sleep(RETRY_BASE_DELAY * (2**n))
         if status in (401, 403):
@@ -495,12 +495,12 @@ def _closing(resp: httpx.Response) -> Iterator[httpx.Response]:
     try:
         yield resp
     except httpx.RequestError as exc:
-        raise _Retryable(_transport_reason(exc)) from None
+        raise _Retryable(transport_reason(exc)) from None
     finally:
         resp.close()
 
 
-def _read_window(resp: httpx.Response, skip: int, limit: int) -> bytes:
+def read_window(resp: httpx.Response, skip: int, limit: int) -> bytes:
     """Bytes ``skip .. skip+limit`` of a streamed body (fewer if it ends first).
 
     Bytes before ``skip`` are dropped as they arrive and reading stops at the window's end, so a
@@ -520,7 +520,7 @@ def _read_window(resp: httpx.Response, skip: int, limit: int) -> bytes:
     return b"".join(parts)[:limit]
 
 
-def _transport_reason(exc: httpx.RequestError) -> str:
+def transport_reason(exc: httpx.RequestError) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
     return str(exc) or type(exc).__name__
@@ -537,10 +537,3 @@ def _sha256_file(path: Path, blob_id: str) -> tuple[str, int]:
     except OSError as exc:
         raise BackendError(f"blob {blob_id}: cannot read {path}: {exc.strerror or exc}") from None
     return h.hexdigest(), size
-
-
-def _read_full(f, size: int, path: Path, blob_id: str) -> bytes:  # type: ignore[no-untyped-def]
-    data = f.read(size)
-    if len(data) != size:
-        raise BackendError(f"blob {blob_id}: {path} changed while it was uploaded")
-    return data
