@@ -10,6 +10,8 @@ Accepted, auto-detected:
 from __future__ import annotations
 
 import json
+import os
+import stat
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -18,11 +20,14 @@ from pathlib import Path
 from .errors import BackendError
 
 MAX_CONFIG_BYTES = 1024 * 1024
-SUPPORTED = ("localfs", "registry")
+SUPPORTED = ("localfs", "registry", "s3", "http-proxy")
 KNOWN = ("localfs", "registry", "oss", "s3", "localdisk", "http-proxy")
 SECRET_KEYS = frozenset({"auth", "registry_token", "access_key_id", "access_key_secret", "password", "token"})
 # Fields that identify where blobs live, for the plan's backend fingerprint.
-FINGERPRINT_KEYS = ("scheme", "host", "repo", "endpoint", "bucket_name", "object_prefix", "dir", "alt_dirs", "blob_file")
+FINGERPRINT_KEYS = (
+    "scheme", "host", "repo", "endpoint", "region", "bucket_name", "object_prefix", "addr", "path", "dir", "alt_dirs",
+    "blob_file",
+)
 # Fingerprint keys holding local paths (a plan stores them relative to itself).
 PATH_KEYS = ("dir", "blob_file")
 REQUIRED = {"registry": ("host", "repo"), "oss": ("endpoint", "bucket_name"), "s3": ("region", "bucket_name")}
@@ -137,9 +142,25 @@ def _validate(btype: str, cfg: dict, source: str) -> None:
     for key in REQUIRED.get(btype, ()):
         if not cfg.get(key):
             raise BackendError(f"{source}: {btype} backend needs `{key}`")
+    if btype == "http-proxy":
+        _validate_http_proxy(cfg.get("addr"), source)
     alt = cfg.get("alt_dirs", [])
     if not isinstance(alt, list) or not all(isinstance(d, str) for d in alt):
         raise BackendError(f"{source}: alt_dirs: expected a list of directory paths")
+
+
+def _validate_http_proxy(addr: object, source: str) -> None:
+    """nydus accepts an http(s):// URL or the absolute path of an existing unix socket."""
+    if isinstance(addr, str) and addr.startswith(("http://", "https://")):
+        return
+    if isinstance(addr, str) and addr.startswith("/"):
+        try:
+            if stat.S_ISSOCK(os.stat(addr).st_mode):
+                return
+        except OSError as exc:
+            raise BackendError(f"{source}: http-proxy addr {addr}: {exc.strerror or exc}") from None
+        raise BackendError(f"{source}: http-proxy addr {addr} is not a unix socket")
+    raise BackendError(f"{source}: http-proxy backend needs `addr`: an http(s):// URL or the absolute path of a unix socket")
 
 
 def localfs_config(blobs_dir: str | Path) -> BackendConfig:
@@ -159,6 +180,10 @@ def open_backend(cfg: BackendConfig):
         )
     if cfg.type == "registry":
         return _open_registry(cfg)
+    if cfg.type == "s3":
+        return _open_s3(cfg)
+    if cfg.type == "http-proxy":
+        return _open_http_proxy(cfg)
     raise BackendError(f"{cfg.source}: backend type {cfg.type!r} is not supported yet")
 
 
@@ -178,14 +203,49 @@ def _open_registry(cfg: BackendConfig):
         _field(c, "repo", str, "", src),
         auth=_field(c, "auth", str, "", src) or None,
         registry_token=_field(c, "registry_token", str, "", src) or None,
-        skip_verify=_field(c, "skip_verify", bool, False, src),
-        timeout=_field(c, "timeout", (int, float), 5, src),
-        connect_timeout=_field(c, "connect_timeout", (int, float), 5, src),
-        retry_limit=_field(c, "retry_limit", int, 0, src),
         proxy=proxy_url or None,
         blob_url_scheme=_field(c, "blob_url_scheme", str, "", src),
         blob_redirected_host=_field(c, "blob_redirected_host", str, "", src),
+        **_common(c, src),
     )
+
+
+def _common(c: dict, src: str) -> dict:
+    """The fields every HTTP backend of nydus shares (compact.md §5.2), with nydus's defaults."""
+    return {
+        "skip_verify": _field(c, "skip_verify", bool, False, src),
+        "timeout": _field(c, "timeout", (int, float), 5, src),
+        "connect_timeout": _field(c, "connect_timeout", (int, float), 5, src),
+        "retry_limit": _field(c, "retry_limit", int, 0, src),
+    }
+
+
+def _open_s3(cfg: BackendConfig):
+    # Loaded here so that only s3 users pay for importing the S3 client.
+    from .s3 import S3Backend
+
+    c, src = cfg.config, cfg.source
+    proxy = _field(c, "proxy", dict, {}, src)
+    if _field(c, "mirrors", list, [], src):
+        raise BackendError(f"{src}: s3 mirrors are not supported")
+    return S3Backend(
+        _field(c, "bucket_name", str, "", src),
+        _field(c, "region", str, "", src),
+        endpoint=_field(c, "endpoint", str, "", src),
+        scheme=_field(c, "scheme", str, "https", src),
+        object_prefix=_field(c, "object_prefix", str, "", src),
+        access_key_id=_field(c, "access_key_id", str, "", src),
+        access_key_secret=_field(c, "access_key_secret", str, "", src),
+        proxy=_field(proxy, "url", str, "", f"{src}: proxy"),
+        **_common(c, src),
+    )
+
+
+def _open_http_proxy(cfg: BackendConfig):
+    from .http_proxy import HttpProxyBackend
+
+    c, src = cfg.config, cfg.source
+    return HttpProxyBackend(_field(c, "addr", str, "", src), _field(c, "path", str, "", src), **_common(c, src))
 
 
 def _field(cfg: dict, key: str, kind: type | tuple[type, ...], default, source: str):  # type: ignore[no-untyped-def]

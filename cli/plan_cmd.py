@@ -94,7 +94,7 @@ def plan_command(
     backend_config: Path | None = typer.Option(
         None, "--backend-config", help="nydus backend config (ConfigV2 JSON/TOML, nydusd v1 JSON, or raw + --backend-type)."
     ),
-    backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw backend config: localfs, registry."),
+    backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw backend config: localfs, registry, s3, http-proxy."),
     chunk_dict: str | None = typer.Option(None, "--chunk-dict", help="Chunk dictionary: PATH or bootstrap=PATH."),
     config: Path | None = typer.Option(None, "--config", "-C", help="nydus compact config JSON (flags override it)."),
     min_used_ratio: int | None = typer.Option(None, "--min-used-ratio", help="Rebuild blobs using less than N% (0-255, 0 disables)."),

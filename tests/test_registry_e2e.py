@@ -11,17 +11,24 @@ to localfs is measured, not asserted (printed; run with ``-s``).
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import pytest
-from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, Image, Run, build, cli, compact, make_layers
+from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, Image, build, cli, compact, make_layers
+from helpers.remote import (
+    Outcome,
+    apply_args,
+    assert_one_line_error,
+    assert_secrets_nowhere,
+    collect,
+    plan_args,
+    run_localfs,
+    run_remote,
+    step_seconds,
+)
 from registry_server import REGISTRY_BIN, RegistryServer, basic_auth, serve
 
 from nydus_compact.backends.registry import RegistryBackend
@@ -29,31 +36,12 @@ from nydus_compact.mkimage.sample import make_sample_layers
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.rafs.loader import load_bootstrap
 from nydus_compact.safeio import TMP_PREFIX
-from nydus_compact.store.db import open_store
-from nydus_compact.store.runs import find_run, steps
 
 pytestmark = pytest.mark.skipif(REGISTRY_BIN is None, reason="docker-registry is not installed (.ci/run installs it)")
 
 USER, PASSWORD = "carol", "e2e-Pa55word!"
 AUTH = basic_auth(USER, PASSWORD)
 BIG_SCALE = 16  # the sample at 16x: ~28 MiB of blobs, ~12 MiB copied by MERGE_ALL
-
-
-@dataclass
-class Outcome:
-    """What one apply produced: the new bootstrap and the new blobs (id -> bytes)."""
-
-    root: Path
-    bootstrap: bytes
-    blobs: dict[str, bytes]
-
-    @property
-    def plan(self) -> Path:
-        return self.root / "plan.yaml"
-
-    @property
-    def new_boot(self) -> Path:
-        return self.root / "new.boot"
 
 
 def push(host: str, repo: str, blobs_dir: Path, auth: str | None = None, skip: str | None = None) -> None:
@@ -75,57 +63,11 @@ def backend_args(path: Path, shape: str, host: str, repo: str, **fields: object)
     return ["--backend-config", path, *(["--backend-type", "registry"] if shape == "raw" else [])]
 
 
-def collect(root: Path, blobs_dir: Path) -> Outcome:
-    """The apply outputs under ``root``; new blobs are the ones the output JSON lists."""
-    doc = json.loads((root / "result.json").read_text())
-    blobs = {b["blob_id"]: (blobs_dir / b["blob_id"]).read_bytes() for b in doc["new_blobs"]}
-    return Outcome(root, (root / "new.boot").read_bytes(), blobs)
-
-
-def plan_args(image: Image, root: Path, backend: list[str | Path], options: tuple[str, ...]) -> list[str | Path]:
-    return ["plan", image.boot, *backend, *options, "-o", root / "plan.yaml", "-O", root / "new.boot"]
-
-
-def apply_args(root: Path, backend: list[str | Path]) -> list[str | Path]:
-    """A localfs run writes new blobs beside the old ones; a registry run stages them in root/staging."""
-    staging = [] if "--blobs-dir" in backend else ["--blobs-dir", root / "staging"]
-    return ["apply", root / "plan.yaml", *backend, *staging, "--output-json", root / "result.json"]
-
-
-def run_localfs(image: Image, root: Path, options: tuple[str, ...]) -> tuple[Outcome, float]:
-    """plan → apply on a copy of the blobs dir; also the apply's wall time."""
-    blobs = root / "blobs"
-    shutil.copytree(image.blobs, blobs)
-    args = ["--blobs-dir", blobs]
-    assert (r := cli(*plan_args(image, root, args, options))).rc == 0, r.err
-    started = time.perf_counter()
-    assert (r := cli(*apply_args(root, args))).rc == 0, r.err
-    return collect(root, blobs), time.perf_counter() - started
-
-
-def run_registry(image: Image, root: Path, backend: list[str | Path], options: tuple[str, ...]) -> tuple[Outcome, float]:
-    root.mkdir()
-    assert (r := cli(*plan_args(image, root, backend, options))).rc == 0, r.err
-    started = time.perf_counter()
-    r = cli(*apply_args(root, backend))
-    assert r.rc == 0 and r.out.startswith("applied: "), r.out + r.err
-    return collect(root, root / "staging"), time.perf_counter() - started
-
-
 def assert_served(host: str, repo: str, blobs: dict[str, bytes], auth: str | None = None) -> None:
     with RegistryBackend("http", host, repo, auth=auth) as be:
         for blob_id, data in blobs.items():
             assert be.blob_size(blob_id) == len(data)
             assert be.read_exact(blob_id, len(data) - 100, 100) == data[-100:]
-
-
-def assert_one_line_error(r: Run, *secrets: str) -> str:
-    assert r.rc == 1, (r.rc, r.out, r.err)
-    assert r.err.startswith("compact: error: ") and r.err.count("\n") == 1, r.err
-    assert "Traceback" not in r.err and r.out == ""
-    for secret in secrets:
-        assert secret not in r.err
-    return r.err
 
 
 def server(tmp_path_factory: pytest.TempPathFactory, auth: str | None) -> Iterator[RegistryServer]:
@@ -163,7 +105,7 @@ def test_apply_from_registry_matches_localfs(layers, anon, tmp_path, version, sh
     backend = backend_args(tmp_path / "registry.json", shape, anon.host, repo)
     local, _ = run_localfs(image, tmp_path / "local", REBUILD_AND_MERGE)
 
-    remote, _ = run_registry(image, tmp_path / "registry", backend, REBUILD_AND_MERGE)
+    remote, _ = run_remote(image, tmp_path / "registry", backend, REBUILD_AND_MERGE)
 
     plan, _ = load_plan(remote.plan)
     assert {b.decision for b in plan.blobs} == {"keep", "delete", "rebuild", "merge"}
@@ -204,19 +146,7 @@ def test_basic_auth_run_keeps_every_secret_out(v5_image, basic, tmp_path):
     remote = collect(root, root / "staging")
     assert (remote.bootstrap, remote.blobs) == (local.bootstrap, local.blobs)
     assert_served(basic.host, "e2e/auth", remote.blobs, auth=AUTH)
-    plan, _ = load_plan(root / "plan.yaml")
-    assert plan.backend["authenticated"] is True
-    with sqlite3.connect(root / "plan.state.sqlite") as db:
-        dump = "\n".join(db.iterdump())
-    assert plan.digest.removeprefix("sha256:") in dump  # the dump does hold the store's rows
-    written = {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-    assert root / "report.html" in written and root / "plan.yaml" in written
-    for secret in (PASSWORD, AUTH):
-        for r in runs:
-            assert secret not in r.out and secret not in r.err
-        assert secret not in dump
-        for path, data in written.items():
-            assert secret.encode() not in data, path
+    assert_secrets_nowhere(root, runs, PASSWORD, AUTH)
 
 
 # ---- 3. faults ------------------------------------------------------------------------------
@@ -318,27 +248,12 @@ def test_registry_dies_mid_apply_then_resumes(big_image, big_local, tmp_path):
 # ---- 4. throughput (measured, not asserted) -------------------------------------------------
 
 
-def step_seconds(root: Path) -> dict[str, float]:
-    """Wall time of the last apply's steps by kind ("blob": copying chunks, "upload"), from the state store."""
-    plan, _ = load_plan(root / "plan.yaml")
-    with open_store(root / "plan.state.sqlite", create=False) as store:
-        run = find_run(store, plan.digest)
-        assert run is not None
-        done = steps(store, run.id).values()
-    out: dict[str, float] = {}
-    for step in done:
-        kind = step.key.partition(":")[0]
-        seconds = (datetime.fromisoformat(step.finished) - datetime.fromisoformat(step.started)).total_seconds()
-        out[kind] = out.get(kind, 0.0) + seconds
-    return {kind: max(seconds, 0.001) for kind, seconds in out.items()}  # the store keeps milliseconds
-
-
 def test_apply_throughput_registry_vs_localfs(big_image, big_local, anon, tmp_path):
     push(anon.host, "e2e/throughput", big_image.blobs)
     backend = backend_args(tmp_path / "registry.json", "v2", anon.host, "e2e/throughput")
     local, local_s = big_local
 
-    remote, remote_s = run_registry(big_image, tmp_path / "registry", backend, MERGE_ALL)
+    remote, remote_s = run_remote(big_image, tmp_path / "registry", backend, MERGE_ALL)
 
     assert (remote.bootstrap, remote.blobs) == (local.bootstrap, local.blobs)
     mib = sum(len(b) for b in remote.blobs.values()) / (1 << 20)
