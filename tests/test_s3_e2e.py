@@ -334,9 +334,9 @@ def test_anonymous_reads_of_a_public_bucket(moto, aws_env):
 
 
 def test_other_commands_do_not_import_the_s3_client(v5_image, tmp_path):
-    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "nydus_compact", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0
-    assert "botocore" not in r.stderr and "boto3" not in r.stderr
+    r = compact("--help", python_flags=("-X", "importtime"))
+    assert r.rc == 0
+    assert "botocore" not in r.err and "boto3" not in r.err
     code = (
         "import sys; from nydus_compact.cli.main import main; "
         f"rc = main(['plan', {str(v5_image.boot)!r}, '--blobs-dir', {str(v5_image.blobs)!r}, "

@@ -17,7 +17,8 @@ from nydus_compact.planner.planfile import load_plan
 from nydus_compact.store.db import open_store
 from nydus_compact.store.runs import find_run, steps
 
-from .compact_env import Image, Run, cli
+from .cli import Run, cli
+from .compact_env import Image
 
 
 @dataclass
