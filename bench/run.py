@@ -290,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", choices=("bulk", "many"), action="append", help="only this image")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also run plan and apply once under pyinstrument, text profiles into DIR")
+    parser.add_argument("--s3", action="store_true",
+                        help="also the s3 case: apply's copy phase from a loopback moto S3 server against localfs")
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be at least 1")
@@ -297,19 +299,42 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--quick and --size are exclusive")
     sizes = ["quick"] if args.quick else args.size or ["full"]
 
-    rows = []
-    for size in sizes:
-        for shape in shapes(size):
-            if args.image and shape.name.split("-")[0] not in args.image:
-                continue
-            for version in args.version or (5, 6):
-                rows.append(_one(shape, version, args))
+    rows = [_one(shape, version, args) for shape, version in _selected(sizes, args)]
     print(table(rows))
     doc = {"machine": machine(), "sizes": sizes, "reps": args.reps, "results": rows}
+    if args.s3:
+        doc["s3"] = _s3_rows(sizes, args)
+    print(f"load average (1, 5, 15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(f"results written to {args.out}")
     return 0
+
+
+def _s3_rows(sizes: list[str], args: argparse.Namespace) -> list[dict]:
+    from s3_case import MotoServer, measure_s3
+    from s3_case import table as s3_table
+
+    rows = []
+    srv = MotoServer().start()
+    try:
+        for shape, version in _selected(sizes, args):
+            image, _ = cached_image(shape, version, args.cache_dir)
+            rows.append(measure_s3(image, args.reps, args.cache_dir / "work-s3", srv, run_child))
+    finally:
+        srv.stop()
+    print(s3_table(rows))
+    return rows
+
+
+def _selected(sizes: list[str], args: argparse.Namespace) -> list[tuple[Shape, int]]:
+    return [
+        (shape, version)
+        for size in sizes
+        for shape in shapes(size)
+        if not args.image or shape.name.split("-")[0] in args.image
+        for version in args.version or (5, 6)
+    ]
 
 
 def _one(shape: Shape, version: int, args: argparse.Namespace) -> dict:
