@@ -14,7 +14,8 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -53,6 +54,8 @@ from .errors import ApplyError, SourceCorruptError
 from .faults import fault_point
 from .lock import blobs_dirs_locked
 
+# How often the main thread wakes up to act on Ctrl-C / SIGTERM while new blobs are written.
+SIGNAL_CHECK = 0.1
 # (label, done bytes, total bytes); a total of 0 announces a phase that counts no bytes.
 Progress = Callable[[str, int, int], None]
 
@@ -205,13 +208,17 @@ def apply_plan(
     out_boots = output_paths(plan, opts)
     _check_output_paths(plan, opts, out_boots, store.path)
 
+    phase = progress or (lambda label, done, total: None)
+    phase("checking the plan's inputs", 0, 0)
     reasons = stale_reasons(plan, backend, backend_config)
     if reasons:
         raise ApplyError(f"{source_name}: plan is stale: {'; '.join(reasons)}; run `compact plan` again")
     if not plan.summary.changes:
         return ApplyResult("no-changes", f"nothing to do: {plan.summary.noop_reason}", plan_digest=digest)
 
+    phase("loading the source bootstraps", 0, 0)
     images = [load_bootstrap(im.path) for im in plan.images]
+    phase("re-validating the plan's decisions", 0, 0)
     prep = prepare(plan, source_name, images)
     # Only the layout's relocated occurrences are used from here on: drop the sources' and the
     # union's copies, each as large as the chunk table.
@@ -256,8 +263,7 @@ def apply_plan(
             done = completed_steps(store, run.id)
             tables = []
             for k, (key, out_boot) in enumerate(boots.items()):
-                if progress is not None:
-                    progress(f"writing bootstrap {out_boot.name}", 0, 0)
+                phase(f"writing bootstrap {out_boot.name}", 0, 0)
                 proj = project(prep.union, result, k)
                 tables.append(proj.table)
                 new_bs = _new_bootstrap(images[k], proj, written, prep.infos)
@@ -360,13 +366,14 @@ def _write_blobs(
                 progress("copying chunks", copied[0], total)
 
     job.progress = advance
+    advance(0)
     for nb in todo:
         record_step(store, run_id, f"blob:g{nb.group}", STEP_RUNNING)
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="new-blob")
     futures = [pool.submit(write_new_blob, nb, job) for nb in todo]
     try:
         for nb, future in zip(todo, futures):
-            wb = future.result()
+            wb = _wait(future)
             fault_point(f"blob-done:g{nb.group}")
             record_step(
                 store, run_id, f"blob:g{nb.group}", STEP_SKIPPED if wb.reused else STEP_DONE,
@@ -390,6 +397,16 @@ def _write_blobs(
         if job.check is not None:
             job.check.close()
     return written
+
+
+def _wait(future: Future) -> WrittenBlob:
+    """The future's result, waking up often: a signal delivered to a worker thread is only acted
+    upon once the main thread runs Python code again, and Ctrl-C must not wait for a whole blob."""
+    while True:
+        try:
+            return future.result(timeout=SIGNAL_CHECK)
+        except FutureTimeout:
+            continue
 
 
 def _user_of(prep: Prepared, images: list[Bootstrap]) -> Callable[[int], str]:

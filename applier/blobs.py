@@ -139,6 +139,10 @@ class CopyJob:
     progress: Callable[[int], None] | None = None  # bytes read
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next read
 
+    def stop_if_cancelled(self) -> None:
+        if self.cancel.is_set():
+            raise ApplyCancelled("stopped: another part of this apply failed or was interrupted")
+
 
 class _Buffers:
     """A ring of reusable read buffers; a slot is reused once the check of its last read is done."""
@@ -200,8 +204,7 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
         if job.backend.read_concurrency > 1:
             ahead = job.backend.read_many((job.sources[p[0]].blob_id, p[1], p[2]) for p in pieces)
         for n, (src, offset, length, first, count) in enumerate(pieces):
-            if job.cancel.is_set():
-                raise ApplyCancelled(f"copy of {group} stopped")
+            job.stop_if_cancelled()
             if n == half:
                 fault_point(f"blob-mid:{group}")
             blob = job.sources[src]
@@ -239,6 +242,7 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
             # Upstream names a new blob by the sha256 of its chunk data only (B17).
             info.blob_id = writer.chunk_data_sha256
         fault_point(f"blob-written:{group}")
+        job.stop_if_cancelled()  # an interrupted apply publishes no blob it was still writing
         final = out_dir / info.blob_id
         reused = _publish(tmp, final, info.compressed_size, sha)
         fsync_dir(out_dir)

@@ -16,6 +16,8 @@ EXIT_ERROR = 1
 EXIT_CHANGES = 2  # only with --detailed-exitcode
 EXIT_USAGE = 64
 EXIT_INTERNAL = 70  # a bug in nydus-compact (EX_SOFTWARE)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
 def _print_version(value: bool) -> None:

@@ -22,18 +22,32 @@ if TYPE_CHECKING:  # imported by each command when it runs (fast start-up)
 
 @contextmanager
 def progress_bar(enabled: bool):
-    """A rich progress bar on a terminal; nothing otherwise (scripts get quiet, parseable output)."""
+    """A rich progress bar on a terminal; nothing otherwise (scripts get quiet, parseable output).
+
+    A phase that counts no bytes (total 0) shows its name and a pulsing bar; byte counts and the
+    rate are in binary units, as everywhere else."""
     if not enabled:
         yield None
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import BarColumn, Progress, ProgressColumn, TimeElapsedColumn
+    from rich.text import Text
 
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), transient=True) as bar:
-        task = bar.add_task("working", total=None)
+    class Bytes(ProgressColumn):
+        def render(self, task) -> Text:
+            if not task.total:
+                return Text("")
+            rate = f" {human_size(int(task.speed))}/s" if task.speed else ""
+            return Text(f"{human_size(int(task.completed))}/{human_size(int(task.total))}{rate}")
+
+    with Progress("[progress.description]{task.description}", BarColumn(), Bytes(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        current = [bar.add_task("starting", total=None), "starting"]
 
         def update(label: str, done: int, total: int) -> None:
-            bar.update(task, description=label, completed=done, total=total)
+            if label != current[1]:  # a new phase: its own bar, rate and clock
+                bar.remove_task(current[0])
+                current[:] = [bar.add_task(label, total=total or None), label]
+            bar.update(current[0], completed=done)
 
         yield update
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import typer
@@ -23,11 +25,25 @@ from nydus_compact.safeio.errors import SafeIOError
 from nydus_compact.store.errors import StoreError
 
 from . import commands  # noqa: F401  (registers the commands on the app)
-from .app import EXIT_ERROR, EXIT_INTERNAL, EXIT_USAGE, app
+from .app import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, app
 
 USER_ERRORS = (
     RafsError, BackendError, BuildError, PlanError, StoreError, ApplyError, ReportError, SafeIOError, OSError
 )
+
+
+# The signals (SIGINT, SIGTERM) the running command was stopped by.
+_received: list[int] = []
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it unwinds and cleans up like Ctrl-C does."""
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    # typer turns KeyboardInterrupt into a silent exit status 130: remember what happened.
+    _received.append(signum)
+    raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +51,27 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args or os.environ.get("COMPACT_DEBUG") == "1"
     if "--debug" in args:
         args.remove("--debug")
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        return _run(args, debug)
+    # SIGINT stays ignored where the shell ignores it (a background job).
+    signums = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signums.append(signal.SIGINT)
+    previous = {signum: signal.signal(signum, _on_signal) for signum in signums}
+    _received.clear()
+    try:
+        rv = _run(args, debug)
+    except KeyboardInterrupt:  # a signal between typer's return and here
+        rv = EXIT_INTERRUPTED
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if _received:
+        return _interrupted(_received[0])
+    return rv
+
+
+def _run(args: list[str], debug: bool) -> int:
     try:
         rv = app(args=args, prog_name="compact", standalone_mode=False)
     except typer.Exit as exc:
@@ -60,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compact: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("compact: interrupted", file=sys.stderr)
-        return 130
+        if not _received:
+            _received.append(signal.SIGINT)
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: still one line, the traceback on request
         if debug:
             traceback.print_exc()
@@ -71,6 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_INTERNAL
     return rv if isinstance(rv, int) else 0
+
+
+def _interrupted(signum: int) -> int:
+    if signum == signal.SIGTERM:
+        print("compact: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    print("compact: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _one_line(exc: BaseException | str) -> str:

@@ -9,8 +9,12 @@ the resumed run's outputs must be byte-identical to an uninterrupted run's.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,4 +129,48 @@ def test_killed_twice_still_resumes(workspace, uninterrupted):
 
     assert resumed.rc == 0 and resumed.out.startswith("resumed and applied: "), resumed.out + resumed.err
     assert leftovers(workspace.root) == []
+    assert workspace.outputs() == uninterrupted
+
+
+def _stopped(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] == "T"
+
+
+@pytest.mark.parametrize(
+    "sig, rc, line",
+    [(signal.SIGINT, 130, "compact: interrupted"), (signal.SIGTERM, 143, "compact: terminated")],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_interrupted_apply_stops_at_once_cleans_up_and_resumes(workspace, uninterrupted, sig, rc, line):
+    """A real Ctrl-C / SIGTERM in the middle of a blob: apply stops there instead of finishing the
+    blob, removes its temp files, publishes nothing, says so in one line and exits 130 / 143."""
+    workspace.reset()
+    ws = workspace.image
+    before = set(os.listdir(ws.blobs))
+    env = {k: v for k, v in os.environ.items() if k != "COMPACT_FAULT"}
+    env |= {"COMPACT_FAULT": "blob-mid:g0", "COMPACT_FAULT_SIGNAL": "STOP"}
+    cmd = [sys.executable, "-m", "nydus_compact", "apply", ws.plan, "--jobs", "1", "--output-json", workspace.result_json]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _stopped(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        assert leftovers(workspace.root), "stopped half-way through g0: its temp file exists"
+        os.kill(proc.pid, sig)
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+
+    assert proc.returncode == rc, (proc.returncode, out, err)
+    assert err.strip() == line and out == "", (out, err)
+    assert leftovers(workspace.root) == []
+    assert set(os.listdir(ws.blobs)) - before <= {".compact.lock"}  # g0 was not finished and published
+    assert not ws.new_boot.exists() and not workspace.result_json.exists()
+
+    resumed = workspace.apply()
+
+    assert resumed.rc == 0 and resumed.out.startswith("resumed and applied: "), resumed.out + resumed.err
     assert workspace.outputs() == uninterrupted

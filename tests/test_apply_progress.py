@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,12 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     on_tty = subprocess.run(["script", "-qec", cmd, "/dev/null"], cwd=work, capture_output=True, text=True, env=env)
     assert on_tty.returncode == 0, on_tty.stdout
     assert "\x1b[" in on_tty.stdout and "applied:" in on_tty.stdout  # a bar was drawn, then the result
+    # Every phase is named (no "0/? bytes" while inputs are checked, no bar stuck at 100 % while the
+    # bootstrap is written), and sizes are in binary units.
+    for phase in ("checking the plan's inputs", "copying chunks", "writing bootstrap image.boot.compact"):
+        assert phase in on_tty.stdout, on_tty.stdout
+    assert "KiB/" in on_tty.stdout and "/?" not in on_tty.stdout
+    assert not re.search(r"\d ?(kB|MB|GB)\b", on_tty.stdout), on_tty.stdout
 
     (work / "img" / "image.boot.compact").unlink()
     plain = subprocess.run([*COMPACT, "apply", "p.yaml"], cwd=work, capture_output=True, text=True, env=env)
