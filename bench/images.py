@@ -136,8 +136,45 @@ def shapes(size: str) -> list[Shape]:
 
 
 @dataclass(frozen=True)
+class MergeShape:
+    """The apply-speed image (issue 15): ``blobs`` blobs of ``blob_chunks`` random, uncompressed
+    chunks of ``chunk_size`` bytes, sha256 digester, every chunk used by exactly one file (a file
+    per blob); planned so that every blob merges into ``groups`` new blobs."""
+
+    name: str
+    blobs: int
+    blob_chunks: int
+    chunk_size: int
+    groups: int
+
+    @property
+    def blob_data(self) -> int:
+        return self.blob_chunks * self.chunk_size
+
+    def key(self, version: int) -> str:
+        raw = json.dumps([GENERATOR_REVISION, version, asdict(self)], sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    def plan_flags(self) -> list[str]:
+        # Every blob is a merge candidate (v6 blobs are a little larger than their chunk data: the
+        # blob meta), and a new blob takes exactly blobs / groups of them (a group counts chunk bytes).
+        return [
+            "--compact-blob-size", str(self.blob_data + MiB),
+            "--max-compact-size", str(self.blob_data * self.blobs // self.groups),
+        ]
+
+
+def merge_shape(quick: bool) -> MergeShape:
+    """128 blobs x 8 MiB of 1 MiB chunks into 4 new blobs of 256 MiB (1 GiB read and written);
+    quick: 16 blobs x 1 MiB of 256 KiB chunks."""
+    if quick:
+        return MergeShape("merge-quick", blobs=16, blob_chunks=4, chunk_size=256 << 10, groups=4)
+    return MergeShape("merge-full", blobs=128, blob_chunks=8, chunk_size=MiB, groups=4)
+
+
+@dataclass(frozen=True)
 class Image:
-    shape: Shape
+    shape: Shape | MergeShape
     version: int
     dir: Path
 
@@ -154,7 +191,7 @@ class Image:
         return json.loads((self.dir / META_NAME).read_text())
 
 
-def cached_image(shape: Shape, version: int, cache_dir: Path) -> tuple[Image, bool]:
+def cached_image(shape: Shape | MergeShape, version: int, cache_dir: Path) -> tuple[Image, bool]:
     """The image for (shape, version) under ``cache_dir``, generated unless already there.
 
     Returns the image and whether it had to be generated.
@@ -165,7 +202,7 @@ def cached_image(shape: Shape, version: int, cache_dir: Path) -> tuple[Image, bo
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
     try:
-        meta = _generate(shape, version, tmp)
+        meta = (_generate_merge if isinstance(shape, MergeShape) else _generate)(shape, version, tmp)
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -203,6 +240,46 @@ def _generate(shape: Shape, version: int, out: Path) -> dict:
         "files": len(counts),
         "bootstrap_bytes": len(data),
     }
+
+
+def _generate_merge(shape: MergeShape, version: int, out: Path) -> dict:
+    rng = np.random.default_rng(SEED)
+    (out / BLOBS_DIR).mkdir()
+    cs, n = shape.chunk_size, shape.blob_chunks
+    blobs: list[BlobInfo] = []
+    rows = np.zeros(shape.blobs * n, dtype=CHUNK_DTYPE)
+    for index in range(shape.blobs):
+        data = rng.bytes(shape.blob_data)
+        digests = b"".join(hashlib.sha256(data[k * cs : (k + 1) * cs]).digest() for k in range(n))
+        tmp = out / BLOBS_DIR / f".blob-{index}"
+        with open(tmp, "wb") as fp:
+            writer = BlobWriter(fp, version=version, compressor=Compressor.NONE, digester=Digester.SHA256, chunk_size=cs)
+            ci = writer.add_chunks([data], compressed_sizes=[cs] * n, uncompressed_sizes=[cs] * n,
+                                   compressed=[False] * n, digests=digests)
+            info = writer.finish()
+        os.replace(tmp, out / BLOBS_DIR / info.blob_id)
+        blobs.append(info)
+        r = rows[index * n : (index + 1) * n]
+        r["block_id"] = np.frombuffer(digests, dtype="V32")
+        r["blob_index"] = index
+        r["compressed_size"] = r["uncompressed_size"] = cs
+        r["compressed_offset"] = ci["compressed_offset"]
+        r["uncompressed_offset"] = ci["uncompressed_offset"]
+        r["index"] = np.arange(n)
+        r["file_offset"] = np.arange(n, dtype=np.uint64) * np.uint64(cs)
+    root = Node(name=b"/", path=b"/", mode=0o40755, nlink=2, children=list(range(1, shape.blobs + 1)))
+    nodes = [root]
+    for f in range(shape.blobs):
+        name = b"f%05d" % f
+        nodes.append(Node(name=name, path=b"/" + name, mode=0o100644, size=shape.blob_data, parent=0,
+                          link=len(nodes), chunk_start=f * n, chunk_count=n, mtime=1))
+    bs = Bootstrap(version=version, flags=flags_for(Compressor.NONE, Digester.SHA256), chunk_size=cs,
+                   blobs=blobs, nodes=nodes, chunks=rows)
+    data = (v5 if version == 5 else v6).dump(bs)
+    (out / BOOTSTRAP_NAME).write_bytes(data)
+    return {"shape": shape.name, "version": version, "blobs": len(blobs),
+            "blob_bytes": sum(b.compressed_size for b in blobs), "occurrences": len(rows), "files": shape.blobs,
+            "bootstrap_bytes": len(data)}
 
 
 def _blob_order(shape: Shape, rng: np.random.Generator) -> list[BlobClass]:

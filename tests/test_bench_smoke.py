@@ -100,3 +100,19 @@ def test_max_blobs_quick_run_compares_with_the_cheapest_threshold_configuration(
             assert t["blobs"] <= r["limit"] and t["max_blobs_same_cap"]["blobs"] <= r["limit"]
             # No threshold configuration reaching the count rewrites less than the limit at its cap.
             assert t["max_blobs_same_cap"]["bytes_written"] <= t["bytes_written"]
+
+def test_apply_speed_quick_run_reports_every_phase(tmp_path):
+    out = tmp_path / "apply.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "apply_speed.py"), "--quick", "--reps", "1", "--load-wait", "0",
+         "--version", "6", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "x cp+sync" in proc.stdout and "load (1 min)" in proc.stdout
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["image"], row["version"], row["blobs"]) == ("merge-quick", 6, 16)
+    assert row["new_blob_bytes"] >= 16 << 20  # every source blob merged: all chunk data written again
+    for phase in ("apply", "apply-nv", "cp+sync", "sha256", "start-up"):
+        assert row[phase]["seconds"]["median"] > 0 and len(row[phase]["load"]) == 1
+    assert row["apply_vs_cp"] == pytest.approx(row["apply"]["seconds"]["median"] / row["cp+sync"]["seconds"]["median"])
