@@ -106,8 +106,11 @@ def measure(image: Image, args: argparse.Namespace) -> dict:
         warm([image.bootstrap, *blobs])
         return run(), load
 
+    written = [0]
+
     def apply(extra: list[str]) -> float:
         sample: Sample = run_child("compact", apply_args + extra, work)
+        written[0] = sum(p.stat().st_size for p in out_dir.iterdir() if not p.name.startswith("."))
         return sample.process_seconds
 
     def cp_sync() -> float:
@@ -132,7 +135,6 @@ def measure(image: Image, args: argparse.Namespace) -> dict:
             samples[name].append(seconds)
             loads[name].append(load)
             print(f"  v{image.version} {name:<9} {seconds:7.3f} s  (load {load:.2f})", file=sys.stderr)
-    written = sum(p.stat().st_size for p in out_dir.iterdir() if not p.name.startswith("."))
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         for name, extra in (("apply", []), ("apply-nv", ["--no-verify-sources"])):
@@ -142,7 +144,7 @@ def measure(image: Image, args: argparse.Namespace) -> dict:
             run_child("compact", apply_args + extra, work, args.profile / f"{image.shape.name}-v{image.version}-{name}.txt")
     shutil.rmtree(work, ignore_errors=True)
 
-    row: dict = {"image": image.shape.name, "version": image.version, **image.meta, "new_blob_bytes": written}
+    row: dict = {"image": image.shape.name, "version": image.version, **image.meta, "new_blob_bytes": written[0]}
     for name in phases:
         row[name] = {"seconds": stats(samples[name]), "load": loads[name]}
     base = row["cp+sync"]["seconds"]["median"]

@@ -275,7 +275,7 @@ def _generate_merge(shape: MergeShape, version: int, out: Path) -> dict:
                           link=len(nodes), chunk_start=f * n, chunk_count=n, mtime=1))
     bs = Bootstrap(version=version, flags=flags_for(Compressor.NONE, Digester.SHA256), chunk_size=cs,
                    blobs=blobs, nodes=nodes, chunks=rows)
-    data = (v5 if version == 5 else v6).dump(bs)
+    data = dump_bootstrap(bs)
     (out / BOOTSTRAP_NAME).write_bytes(data)
     return {"shape": shape.name, "version": version, "blobs": len(blobs),
             "blob_bytes": sum(b.compressed_size for b in blobs), "occurrences": len(rows), "files": shape.blobs,
