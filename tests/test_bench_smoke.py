@@ -101,6 +101,7 @@ def test_max_blobs_quick_run_compares_with_the_cheapest_threshold_configuration(
             # No threshold configuration reaching the count rewrites less than the limit at its cap.
             assert t["max_blobs_same_cap"]["bytes_written"] <= t["bytes_written"]
 
+
 def test_apply_speed_quick_run_reports_every_phase(tmp_path):
     out = tmp_path / "apply.json"
     proc = subprocess.run(
