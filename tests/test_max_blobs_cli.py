@@ -146,3 +146,39 @@ def test_v5_accepts_256(layers, tmp_path: Path) -> None:
     root = build(layers, tmp_path / "image", 5)
     r = cli("plan", root / "image.boot", "--blobs-dir", root / "blobs", "--max-blobs", "256", "-o", tmp_path / "p.yaml")
     assert r.rc == 0, r.err
+
+
+@pytest.mark.parametrize("version", [5, 6])
+def test_fleet_every_image_within_the_limit_folding_shared_blobs_once(layers, tmp_path: Path, version: int) -> None:
+    # Image a = layers 0 1 3 5, image b = layers 3 5 4 7 (the builder is deterministic: layers 3
+    # and 5, 300 bytes each, are one blob in the shared store). Limit 3: folding the two shared
+    # blobs brings both images from 4 to 3 blobs for 600 bytes.
+    store = tmp_path / "blobs"
+    store.mkdir()
+    boots = []
+    for name, picks in (("a", [0, 1, 3, 5]), ("b", [3, 5, 4, 7])):
+        built = build_image([layers[i] for i in picks], tmp_path / name, V5 if version == 5 else V6)
+        for blob in built.blob_paths:
+            (store / blob.name).write_bytes(blob.read_bytes())
+        boots.append(tmp_path / name / "image.boot")
+    plan_path = tmp_path / "fleet.yaml"
+    r = cli("plan", *boots, "--blobs-dir", store, "--compact-blob-size", "0", "--max-blobs", "3", "-o", plan_path)
+    assert r.rc == 0, r.err
+    plan = load_plan(plan_path)[0]
+    assert (plan.max_blobs.blobs_before, plan.max_blobs.blobs_after, plan.max_blobs.exact) == ([4, 4], [3, 3], True)
+    shared = [b for b in plan.blobs if len(b.referenced_by) == 2]
+    assert sorted(b.index for b in plan.blobs if b.reason == "MERGE_FOR_COUNT") == sorted(b.index for b in shared)
+    assert plan.max_blobs.extra_bytes == sum(b.used_bytes for b in shared)
+
+    a = cli("apply", plan_path, "--verify")
+    assert a.rc == 0, a.err
+    for boot, picks in zip(boots, ([0, 1, 3, 5], [3, 5, 4, 7])):
+        new_boot = boot.with_name("image.boot.compact")
+        new = load_bootstrap(new_boot)
+        assert len(new.blobs) == 3
+        v = cli("verify", new_boot, "--blobs-dir", store)
+        assert v.rc == 0 and ": OK: " in v.out, v.out + v.err
+        if version == 6:
+            served = serve_only_table(new, store, tmp_path / f"served-{boot.parent.name}")
+            merged = apply_layers([layers[i] for i in picks], tmp_path / f"merged-{boot.parent.name}")
+            check_v6_image(new_boot, served, merged, tmp_path / f"fsck-{boot.parent.name}")
