@@ -53,6 +53,14 @@ def test_plan_apply_verify_under_the_limit(layers: list[Path], tmp_path: Path, v
     assert m.extra_bytes == sum(plan.blobs[i].used_bytes for i in CHEAPEST_7)
     assert plan.config["max_blobs"] == 4
     assert len(plan.new_table) == 4
+    sentence = "merged to bring the image under 4 blobs; this was the cheapest choice"
+    assert sentence in plan_path.read_text()  # the comment above each folded blob
+    show = cli("show", plan_path)
+    assert sentence in show.out and "MERGE_FOR_COUNT -> g0" in show.out
+    explain = cli("explain", plan.blobs[CHEAPEST_7[0]].blob_id, "--plan", plan_path)
+    assert explain.rc == 0 and "decision    merge (MERGE_FOR_COUNT) -> g0" in explain.out and sentence in explain.out
+    report = cli("report", plan_path, "-o", tmp_path / "report.md")
+    assert report.rc == 0 and sentence in (tmp_path / "report.md").read_text()
 
     a = cli("apply", plan_path, "--verify")
     assert a.rc == 0, a.err
