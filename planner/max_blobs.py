@@ -120,9 +120,7 @@ def limit_blobs(
             ds = [decisions.blobs[i] for i in members]
             w, c, cost = sum(x.used_bytes for x in ds), sum(x.used_chunks for x in ds), 0
             foldable = True
-        elif d.action == "dict-keep":
-            continue  # counted in every image below, as planner.fleet.project keeps them
-        else:
+        else:  # deleted, a later member of a group, or a dict blob (counted for every image below)
             continue
         foldable = foldable and w <= cap and (chunk_cap is None or c <= chunk_cap)
         if foldable:
@@ -131,10 +129,8 @@ def limit_blobs(
         else:
             fixed.append(members)
 
-    fixed_counts = [
-        len(dict_kept) + sum(1 for m in fixed if refs.intersection(m))
-        for refs in referenced
-    ]
+    # planner.fleet.project keeps every chunk-dict blob in every image's table.
+    fixed_counts = [len(dict_kept) + sum(1 for m in fixed if refs.intersection(m)) for refs in referenced]
     before = tuple(f + sum(1 for it in items if k in it.images) for k, f in enumerate(fixed_counts))
     if max(before) <= limit:
         return decisions, LimitResult(limit, before, before, 0, True, True)

@@ -11,11 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nydus_compact.planner.config import CompactConfig
-from nydus_compact.planner.facts import Facts, Flags
+from nydus_compact.planner.facts import DictFacts, Facts, Flags
 from nydus_compact.planner.layout import layout
 from nydus_compact.planner.max_blobs import MERGE_FOR_COUNT, Item, limit_blobs, pack
 from nydus_compact.planner.policy import Decisions, decide, merge_class
 from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.digest import Digester
 
 from test_policy import blob, chunks, occ
 
@@ -137,6 +138,29 @@ def test_exact_packing_where_first_fit_decreasing_needs_one_blob_more() -> None:
     _, out, result, _ = limited(image(5, [44, 40, 41, 48, 10, 16, 95, 96]), 4, cap=100)
     assert (result.after, result.extra_bytes, result.exact) == ((4,), 199, True)
     assert folded(out) == [0, 1, 2, 3, 4, 5]
+
+
+def test_chunk_dict_blobs_count_towards_the_limit_but_never_fold() -> None:
+    # Source b0..b3 with b1 also in the chunk dict (DICT_KEEP), plus dict-only d0: 5 blobs after R.
+    dict_blobs = [blob("d0", 100), blob("b1", 200)]
+    facts = Facts(
+        5,
+        [blob("b0", 300), blob("b1", 200), blob("b2", 50), blob("b3", 60)],
+        chunks(
+            occ("X", 0, 0, 100, 0, 100),  # served by the dict's d0
+            occ("Z", 0, 100, 200, 100, 200, index=1),
+            occ("Y", 1, 0, 200, 0, 200),
+            occ("P", 2, 0, 50, 0, 50),
+            occ("Q", 3, 0, 60, 0, 60),
+        ),
+        DictFacts(dict_blobs, chunks(occ("X", 0, 0, 100, 0, 100), occ("Y", 1, 0, 200, 0, 200)), Digester.SHA256),
+    )
+    for n, want_after, want_extra, want_folded in ((3, 3, 310, [0, 2, 3]), (2, 3, 310, [0, 2, 3])):
+        r_only, out, result, lay = limited(facts, n)
+        assert [b.action for b in r_only.blobs] == ["keep", "dict-keep", "keep", "keep", "dict-keep"]
+        assert (result.after, result.extra_bytes, result.reached) == ((want_after,), want_extra, n >= want_after)
+        assert folded(out) == want_folded and len(lay.table) == want_after
+        assert [b.action for b in out.blobs if b.index in (1, 4)] == ["dict-keep", "dict-keep"]
 
 
 def test_layers_to_compact_does_not_stop_a_count_over_the_limit() -> None:
