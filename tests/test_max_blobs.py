@@ -356,3 +356,20 @@ def test_large_fleet_greedy_brings_every_image_within_the_limit() -> None:
     assert result.reached and not result.exact
     assert fleet_counts(facts, out, slices) == list(result.after)
     assert max(result.after) <= 4
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    used=st.lists(st.integers(1, 100), min_size=2, max_size=14),
+    picks=st.lists(st.lists(st.integers(0, 13), min_size=1, max_size=10), min_size=2, max_size=3),
+    n=st.integers(1, 10),
+)
+def test_property_fleet_folding_never_raises_an_image_count(used, picks, n) -> None:
+    images = [sorted({i % len(used) for i in p}) for p in picks]
+    facts, slices = fleet(5, used, images)
+    r_only = decide(facts, CompactConfig(compact_blob_size=0, max_compact_size=150), TOOL)
+    out, result = limit_blobs(r_only, n, 150, slices)
+    assert fleet_counts(facts, out, slices) == list(result.after)
+    assert all(a <= b for a, b in zip(result.after, result.before))
+    if result.reached:
+        assert max(result.after) <= n
