@@ -198,8 +198,8 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
         run_lo, run_hi = starts[cut].tolist(), ends[last].tolist()
         piece_runs = [*np.searchsorted(run_first, piece_first).tolist(), len(run_first)]
         buffers = _Buffers(max(p[2] for p in pieces))
-        # A remote backend keeps several reads in flight while earlier ones are checked and written;
-        # a local one reads straight into the ring's buffers.
+        # A remote backend keeps several reads in flight while earlier ones are checked and written,
+        # and bridges small gaps between them; a local one reads straight into the ring's buffers.
         ahead = None
         if job.backend.read_concurrency > 1:
             ahead = job.backend.read_many((job.sources[p[0]].blob_id, p[1], p[2]) for p in pieces)

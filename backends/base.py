@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -100,25 +101,34 @@ class BlobBackend(ABC):
                 out[i] = bytes(data[start : start + ranges[i][1]])
         return out
 
-    def read_many(self, reads: Iterable[tuple[str, int, int]]) -> Iterator[bytes]:
-        """The bytes of each (blob id, offset, size) read, in the order given, with up to
-        ``read_concurrency`` reads in flight (so at most that many reads' bytes in memory)."""
+    def read_many(self, reads: Iterable[tuple[str, int, int]]) -> Iterator[memoryview]:
+        """The bytes of each (blob id, offset, size) read, in the order given.
+
+        Consecutive reads of one blob that start at most ``max_gap`` bytes after the previous
+        one's end go out as one request of at most ``max_read`` bytes (the bytes between them are
+        read and dropped), and up to ``read_concurrency`` requests are in flight, so at most that
+        many requests' bytes are held in memory."""
+        batches = _batches(reads, self.max_gap, self.max_read)
         if self.read_concurrency <= 1:
-            for blob_id, offset, size in reads:
-                yield self.read_exact(blob_id, offset, size)
+            for batch in batches:
+                yield from self._read_batch(batch)
             return
         pool = ThreadPoolExecutor(max_workers=self.read_concurrency, thread_name_prefix="read")
-        window: deque[Future[bytes]] = deque()
+        window: deque[Future[list[memoryview]]] = deque()
         try:
-            for blob_id, offset, size in reads:
-                window.append(pool.submit(self.read_exact, blob_id, offset, size))
+            for batch in batches:
+                window.append(pool.submit(self._read_batch, batch))
                 if len(window) >= self.read_concurrency:
-                    yield window.popleft().result()
+                    yield from window.popleft().result()
             while window:
-                yield window.popleft().result()
+                yield from window.popleft().result()
         finally:
             # A consumer that stops early (an error, a closed generator) waits only for reads in flight.
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _read_batch(self, batch: _Batch) -> list[memoryview]:
+        data = memoryview(self.read_exact(batch.blob_id, batch.start, batch.end - batch.start))
+        return [data[offset - batch.start : offset - batch.start + size] for offset, size in batch.members]
 
     def reader(self, blob_id: str) -> BlobReader:
         return BlobReader(self, blob_id)
@@ -128,6 +138,39 @@ class BlobBackend(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class _Batch:
+    """One request of ``read_many``: bytes start..end of a blob, sliced into the reads it serves."""
+
+    blob_id: str
+    start: int
+    end: int
+    members: list[tuple[int, int]]
+
+
+def _batches(reads: Iterable[tuple[str, int, int]], max_gap: int, max_size: int) -> Iterator[_Batch]:
+    """Reads in their given order, grouped while each next one is of the same blob, starts within
+    ``max_gap`` after the group's end and keeps the group within ``max_size`` bytes."""
+    batch: _Batch | None = None
+    for blob_id, offset, size in reads:
+        if offset < 0 or size < 0:
+            raise BackendError(f"blob {blob_id}: invalid range offset {offset} size {size}")
+        if (
+            batch is not None
+            and blob_id == batch.blob_id
+            and batch.start <= offset <= batch.end + max_gap
+            and max(batch.end, offset + size) - batch.start <= max_size
+        ):
+            batch.end = max(batch.end, offset + size)
+            batch.members.append((offset, size))
+            continue
+        if batch is not None:
+            yield batch
+        batch = _Batch(blob_id, offset, offset + size, [(offset, size)])
+    if batch is not None:
+        yield batch
 
 
 class BlobReader:
