@@ -255,7 +255,7 @@ def apply_plan(
             src = images[0]
             job = CopyJob(
                 sources, backend, opts.blobs_dir, src.version, src.chunk_size, digest,
-                whole_file_id=bool(plan.flags.get("i2_whole_file_id", True)) or src.version == 5,
+                whole_file_id=plan.flags.i2_whole_file_id or src.version == 5,
                 check=SourceCheck(_user_of(prep, images), os.cpu_count() or 1) if opts.verify_sources else None,
             )
             written = _write_blobs(prep, job, store, run.id, opts.jobs, progress)

@@ -43,7 +43,8 @@ import numpy as np
 from images import cached_image, shapes
 
 from nydus_compact.planner.config import CompactConfig
-from nydus_compact.planner.facts import Facts, Flags
+from nydus_compact.planner.facts import Facts
+from nydus_compact.planner.flags import Flags
 from nydus_compact.planner.fleet import unite
 from nydus_compact.planner.layout import layout
 from nydus_compact.planner.max_blobs import limit_blobs

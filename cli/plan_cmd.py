@@ -132,7 +132,7 @@ def plan_command(
     from nydus_compact.backends.config import local_blob_places, open_backend
     from nydus_compact.planner.config import CompactConfig, load_config_file, merge
     from nydus_compact.planner.errors import UsageError
-    from nydus_compact.planner.facts import Flags
+    from nydus_compact.planner.flags import Flags
     from nydus_compact.planner.pipeline import PlanInputs, make_plan
     from nydus_compact.planner.planfile import render, write_plan
     from nydus_compact.store.db import open_store

@@ -24,10 +24,7 @@ from nydus_compact.rafs.model import CHUNK_DTYPE, LOCATION_FIELDS
 from .errors import ChunkLostError, PlanError
 from .facts import Facts
 from .policy import (
-    ACTIONS,
     NOT_REWRITABLE,
-    GROUP_ACTIONS,
-    KEPT_ACTIONS,
     Decisions,
     Extended,
     MergeGroup,
@@ -37,6 +34,7 @@ from .policy import (
     merge_class,
     resolve,
 )
+from .vocab import GROUP_ACTIONS, KEPT_ACTIONS, Action
 
 V6_MAX_COFF = 1 << 40  # CI v1 comp_info: 40-bit compressed offset
 V6_MAX_UOFF = 1 << 44  # CI v1 uncomp_info: offset bits 12..43
@@ -93,10 +91,6 @@ class NewBlob:
     @property
     def chunk_count(self) -> int:
         return len(self.chunks)
-
-    @property
-    def pending_id(self) -> str:
-        return f"pending:{self.group}"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -198,9 +192,9 @@ def _validate(ext: Extended, decisions: Decisions) -> None:
     for i, (d, b) in enumerate(zip(decisions.blobs, ext.blobs)):
         if d.index != i or d.blob_id != b.blob_id:
             raise PlanError(f"decision {i} is for blob {d.index} {d.blob_id}, the inputs have {b.blob_id} there")
-        if d.action not in ACTIONS:
+        if d.action not in tuple(Action):
             raise PlanError(f"blob {d.blob_id}: unknown action {d.action!r}")
-        if d.action == "dict-keep" and not ext.is_dict[i]:
+        if d.action == Action.DICT_KEEP and not ext.is_dict[i]:
             raise PlanError(f"blob {d.blob_id}: dict-keep, but it is not a chunk-dict blob")
     seen: dict[int, int] = {}
     numbers = set()
@@ -218,7 +212,7 @@ def _validate(ext: Extended, decisions: Decisions) -> None:
                 raise PlanError(f"blob {d.blob_id} is in groups {seen[i]} and {g.group}")
             seen[i] = g.group
             if d.action not in GROUP_ACTIONS:
-                state = "deleted" if d.action == "delete" else "kept"
+                state = "deleted" if d.action == Action.DELETE else "kept"
                 raise PlanError(f"blob {d.blob_id} is both {state} and in group {g.group}")
             if d.group != g.group:
                 raise PlanError(f"blob {d.blob_id} is in group {g.group} but its decision names group {d.group}")

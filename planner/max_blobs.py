@@ -39,9 +39,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .policy import KEPT_ACTIONS, Decisions, MergeGroup, merge_class
+from .policy import Decisions, MergeGroup, merge_class
+from .vocab import KEPT_ACTIONS, Action, Reason
 
-MERGE_FOR_COUNT = "MERGE_FOR_COUNT"
 
 # Bin packing instances of at most this many items are solved by exhaustive branch and bound;
 # larger ones too unless the search exceeds PACK_NODE_BUDGET nodes (or the plan's whole search
@@ -97,7 +97,7 @@ def limit_blobs(
     n_occ = len(res.home_blob)
     slices = list(slices) if slices is not None else [(0, n_occ)]
     referenced = [frozenset(np.unique(res.home_blob[a:b]).tolist()) for a, b in slices]
-    dict_kept = frozenset(d.index for d in decisions.blobs if d.action == "dict-keep")
+    dict_kept = frozenset(d.index for d in decisions.blobs if d.action == Action.DICT_KEEP)
     by_group: dict[int, list[int]] = {}
     for d in decisions.blobs:
         if d.group is not None:
@@ -111,10 +111,10 @@ def limit_blobs(
     items: list[Item] = []
     fixed: list[tuple[int, ...]] = []  # entries (as member tuples) the limit cannot fold
     for d in decisions.blobs:
-        if d.action == "keep":
+        if d.action == Action.KEEP:
             members = (d.index,)
             w, c, cost = d.used_bytes, d.used_chunks, d.used_bytes
-            foldable = d.reason == "KEEP"
+            foldable = d.reason == Reason.KEEP
         elif d.group is not None and d.index == min(by_group[d.group]):
             members = tuple(by_group[d.group])
             ds = [decisions.blobs[i] for i in members]
@@ -452,12 +452,12 @@ def _apply(decisions: Decisions, bins: list[list[Item]]) -> Decisions:
             blobs.append(d)
             continue
         if d.index in folded and d.action in KEPT_ACTIONS:
-            reason = MERGE_FOR_COUNT
-        elif d.reason == "MERGE_TARGET" and target_of[d.index] != d.index:
-            reason = "MERGED_INTO"
+            reason = Reason.MERGE_FOR_COUNT
+        elif d.reason == Reason.MERGE_TARGET and target_of[d.index] != d.index:
+            reason = Reason.MERGED_INTO
         else:
             reason = d.reason
-        action = "merge" if size_of[d.index] > 1 else "rebuild"
+        action = Action.MERGE if size_of[d.index] > 1 else Action.REBUILD
         blobs.append(replace(d, action=action, reason=reason, group=number[d.index]))
     new_groups = tuple(MergeGroup(n, t, members) for n, (t, members) in enumerate(groups))
     return replace(decisions, blobs=tuple(blobs), groups=new_groups, noop_reason=None)

@@ -28,14 +28,14 @@ from nydus_compact.store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, sa
 
 from .config import CompactConfig, canonical_json
 from .errors import PlanError, UsageError
-from .facts import Facts, Flags
+from .facts import Facts
+from .flags import Flags
 from .fleet import Union, referenced_bytes, unite
 from .layout import Layout, layout
 from .max_blobs import LimitResult, limit_blobs
-from .plan import Group, InputFile, InputImage, MaxBlobs, Plan, SourceBlob, Summary
+from .plan import Group, InputFile, InputImage, MaxBlobs, Plan, PlanBlob, Summary
 from .policy import Decisions, decide
-
-I3_NOOP_REASON = "no changes"  # planner.policy.decide
+from .vocab import Action, NoopReason, Reason
 
 
 @dataclass
@@ -220,24 +220,24 @@ def _describe(
     new_index_of_group = {e.group: e.new_index for e in result.table if e.group is not None}
     by_index = {d.index: d for d in decisions.blobs}
 
-    rows: list[SourceBlob] = []
+    rows: list[PlanBlob] = []
     for i, blob in enumerate(blobs):
         d = by_index.get(i)
-        action = d.action if d else "keep"
+        action = d.action if d else Action.KEEP
         group = group_name.get(d.group) if d and d.group is not None else None
         new_index = new_index_of_source.get(i)
         if new_index is None and d is not None and d.group is not None:
             if any(g.target == i and g.group == d.group for g in decisions.groups):
                 new_index = new_index_of_group.get(d.group)
         rows.append(
-            SourceBlob(
+            PlanBlob(
                 index=i,
                 blob_id=blob.blob_id,
                 origin="image" if i < n_source else "chunk-dict",
                 table_size=blob.compressed_size,
                 observed_size=sizes.get(blob.blob_id),
                 decision=action,
-                reason=d.reason if d else "KEEP",
+                reason=d.reason if d else Reason.KEEP,
                 used_bytes=d.used_bytes if d else 0,
                 ratio=d.ratio if d else None,
                 size_for_ratio=d.size if d and d.ratio is not None else None,
@@ -270,8 +270,8 @@ def _describe(
     changes = not (result.identical and inputs.flags.i3_report_no_changes) and result.noop_reason is None
     noop_reason = result.noop_reason or decisions.noop_reason
     # The policy's I3 verdict is a bare "no changes"; the summary line already says that much.
-    if not changes and noop_reason in (None, I3_NOOP_REASON):
-        noop_reason = "the compacted image would equal the source"
+    if not changes and noop_reason in (None, NoopReason.NO_CHANGES):
+        noop_reason = NoopReason.IDENTICAL
     size_of = {b.blob_id: sizes.get(b.blob_id, b.compressed_size) for b in blobs}
     findings = [
         f"blob {bid} is not available from the backend ({why}); it is kept, but `compact verify` will fail"
@@ -301,7 +301,7 @@ def _describe(
     )
     return Plan(
         tool_version=version(),
-        flags=inputs.flags.describe(),
+        flags=inputs.flags,
         images=images,
         chunk_dict=dict_file,
         config=json.loads(canonical_json(inputs.config)),

@@ -14,13 +14,11 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .flags import Flags
+from .vocab import Action, plain
+
 FORMAT = "nydus-compact-plan/1"
 ALGORITHM = "nydus-compact-R1"
-
-ACTIONS = ("keep", "delete", "rebuild", "merge", "dict-keep")
-# Where a reviewer may move a blob by hand; "merge" needs a group, "rebuild" forms its own.
-EDITABLE_ACTIONS = ACTIONS
-
 
 @dataclass
 class InputImage:
@@ -43,14 +41,16 @@ class InputFile:
 
 
 @dataclass
-class SourceBlob:
+class PlanBlob:
+    """One blob of E as the plan file shows it: the decision and the numbers behind it."""
+
     index: int  # position in E (source table, then chunk-dict blobs)
     blob_id: str
     origin: str  # "image" | "chunk-dict"
     table_size: int  # compressed_size in the blob table (0 in old images)
     observed_size: int | None  # stat/HEAD of the backend; None if not looked at
-    decision: str  # one of ACTIONS
-    reason: str
+    decision: Action
+    reason: str  # a vocab.Reason as the planner writes it; free text is kept as read
     used_bytes: int
     ratio: int | None  # used_bytes * 100 // size, None when not computed
     size_for_ratio: int | None
@@ -103,7 +103,6 @@ class MaxBlobs:
 
 # Scalars only (and lists of strings): a plan file is untrusted input, and a free-form value
 # could hold a YAML alias bomb that only explodes when the plan is hashed.
-FlagValue = bool | int | str | None
 ConfigValue = int | str | None
 BackendValue = bool | int | str | list[str]
 
@@ -111,14 +110,14 @@ BackendValue = bool | int | str | list[str]
 @dataclass
 class Plan:
     tool_version: str
-    flags: dict[str, FlagValue]
+    flags: Flags
     images: list[InputImage]
     chunk_dict: InputFile | None
     config: dict[str, ConfigValue]
     config_sha256: str
     backend: dict[str, BackendValue]
     summary: Summary
-    blobs: list[SourceBlob]
+    blobs: list[PlanBlob]
     groups: list[Group]
     new_table: list[str]  # blob id or "new:<group>" per new position
     deletable: list[str]
@@ -133,7 +132,7 @@ class Plan:
 
     def body(self) -> dict:
         """Everything the digest covers, as plain data in a fixed order."""
-        d = {k: v for k, v in asdict(self).items() if k != "base_dir"}
+        d = plain({k: v for k, v in asdict(self).items() if k != "base_dir"})
         d["merge_candidates"] = [list(c) for c in self.merge_candidates]
         if d["max_blobs"] is None:  # plans made without the limit keep their digests
             del d["max_blobs"]

@@ -9,6 +9,7 @@ dataclass annotations, which reports the exact key path of the first problem.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import types
 import typing
@@ -23,9 +24,10 @@ from yaml.resolver import Resolver
 from nydus_compact.safeio import atomic_write_text
 from nydus_compact.templates import environment
 
-from .errors import PlanFileError
+from .errors import PlanError, PlanFileError
 from .formatting import count_merge_text, human_size, summary_line
-from .plan import ACTIONS, FORMAT, MaxBlobs, Plan, SourceBlob
+from .plan import FORMAT, MaxBlobs, Plan, PlanBlob
+from .vocab import Reason
 
 if TYPE_CHECKING:
     import jinja2
@@ -64,7 +66,7 @@ def _parse(text: str) -> object:
         return yaml.safe_load(text)
 
 
-def explain_blob(b: SourceBlob, limit: MaxBlobs | None = None) -> str:
+def explain_blob(b: PlanBlob, limit: MaxBlobs | None = None) -> str:
     """One line a reviewer reads above each blob block."""
     used = f"uses {human_size(b.used_bytes)}"
     if b.size_for_ratio:
@@ -75,15 +77,15 @@ def explain_blob(b: SourceBlob, limit: MaxBlobs | None = None) -> str:
     if b.referenced_by:
         unreferenced = "every chunk files use from it is served by another blob"
     text = {
-        "UNREFERENCED": unreferenced,
-        "KEEP": f"kept; {used}",
-        "KEEP_UNSUPPORTED": f"kept; {used}; its kind (ZRAN, SEPARATE or inlined meta) is never rewritten",
-        "DICT_KEEP": "chunk-dict blob, kept as is",
-        "DICT_UNUSED": "chunk-dict blob no file uses, dropped",
-        "REBUILD_RATIO": f"{used}, below the threshold: rebuilt",
-        "MERGE_TARGET": f"merge target of {b.group}; {used}",
-        "MERGED_INTO": f"merged into {b.group}; {used}",
-        "MERGE_FOR_COUNT": f"{count_merge_text(limit.limit if limit else None, limit.exact if limit else True)}"
+        Reason.UNREFERENCED: unreferenced,
+        Reason.KEEP: f"kept; {used}",
+        Reason.KEEP_UNSUPPORTED: f"kept; {used}; its kind (ZRAN, SEPARATE or inlined meta) is never rewritten",
+        Reason.DICT_KEEP: "chunk-dict blob, kept as is",
+        Reason.DICT_UNUSED: "chunk-dict blob no file uses, dropped",
+        Reason.REBUILD_RATIO: f"{used}, below the threshold: rebuilt",
+        Reason.MERGE_TARGET: f"merge target of {b.group}; {used}",
+        Reason.MERGED_INTO: f"merged into {b.group}; {used}",
+        Reason.MERGE_FOR_COUNT: f"{count_merge_text(limit.limit if limit else None, limit.exact if limit else True)}"
         f" (into {b.group}); {used}",
     }.get(b.reason, b.reason)
     return f"{b.decision}: {text}"
@@ -139,11 +141,6 @@ def plan_from_data(raw: object, source: str) -> tuple[Plan, str | None]:
     if recorded is not None and not isinstance(recorded, str):
         raise PlanFileError(f"{source}: plan_digest: expected a string")
     plan = _convert(Plan, data, "", source)
-    for i, b in enumerate(plan.blobs):
-        if b.decision not in ACTIONS:
-            raise PlanFileError(
-                f"{source}: blobs[{i}].decision: expected one of {', '.join(ACTIONS)}, got {b.decision!r}"
-            )
     return plan, recorded
 
 
@@ -183,7 +180,14 @@ def _convert(tp: object, value: object, key: str, source: str) -> object:
                     continue
                 raise PlanFileError(f"{source}: {_join(key, name)}: missing")
             kwargs[name] = _convert(hints[name], value[name], _join(key, name), source)
-        return tp(**kwargs)
+        try:
+            return tp(**kwargs)
+        except PlanError as exc:  # the dataclass's own check (e.g. Flags.v6_key)
+            raise PlanFileError(f"{source}: {key or '<top>'}: {exc}") from None
+    if isinstance(tp, type) and issubclass(tp, enum.StrEnum):
+        if isinstance(value, str) and value in tuple(tp):
+            return tp(value)
+        raise PlanFileError(f"{source}: {key}: expected one of {', '.join(tp)}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
             fail("a list")

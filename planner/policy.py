@@ -21,11 +21,9 @@ from nydus_compact.rafs.model import CHUNK_DTYPE
 
 from .config import CompactConfig
 from .errors import PlanError
-from .facts import DictFacts, Facts, Flags, SourceBlob
-
-ACTIONS = ("keep", "delete", "rebuild", "merge", "dict-keep")
-KEPT_ACTIONS = ("keep", "dict-keep")
-GROUP_ACTIONS = ("rebuild", "merge")
+from .facts import DictFacts, Facts, SourceBlob
+from .flags import Flags
+from .vocab import KEPT_ACTIONS, Action, NoopReason, Reason
 
 # Blobs whose chunks are not plain payloads stored back to back in the blob itself: ZRAN and
 # SEPARATE chunks live in (or are decoded through) another object, INLINED_FS_META blobs carry a
@@ -45,8 +43,8 @@ class BlobDecision:
 
     index: int
     blob_id: str
-    action: str  # one of ACTIONS
-    reason: str  # KEEP, UNREFERENCED, DICT_KEEP, DICT_UNUSED, REBUILD_RATIO, MERGE_TARGET, MERGED_INTO, MERGE_FOR_COUNT
+    action: Action
+    reason: Reason
     used_bytes: int  # compressed bytes of the chunks this blob won (set.total before any merge)
     used_chunks: int
     size: int  # the ratio's denominator
@@ -275,7 +273,7 @@ def _require_same_sizes(ch: np.ndarray, pos: np.ndarray, src: np.ndarray, src_po
 @dataclass(slots=True)
 class _State:
     kind: str  # ORIGINAL, REBUILD, DICT, DELETE
-    reason: str
+    reason: Reason
     total: int  # set.total of the chunks this blob won (before any merge)
     count: int
     size: int
@@ -315,10 +313,10 @@ def decide(facts: Facts, cfg: CompactConfig, flags: Flags, resolution: Resolutio
     blobs, groups = _finish(E, states, cfg)
 
     noop = None
-    if all(d.action == "delete" for d in blobs):
-        noop = "the new blob table would be empty"
+    if all(d.action == Action.DELETE for d in blobs):
+        noop = NoopReason.EMPTY_TABLE
     elif flags.i3_report_no_changes and _unchanged(facts, res, blobs):
-        noop = "no changes"
+        noop = NoopReason.NO_CHANGES
     return Decisions(facts.version, flags, tuple(blobs), tuple(groups), tuple(candidates), noop, res)
 
 
@@ -328,10 +326,10 @@ def _initial_state(
     """States after §1.5–§1.8: DICT, DELETE (unreferenced), or ORIGINAL/REBUILD by used ratio."""
     if is_dict:
         if flags.i1_drop_unused_dict_blobs and not referenced:
-            return _State("DELETE", "DICT_UNUSED", total, count, b.compressed_size, "table")
-        return _State("DICT", "DICT_KEEP", total, count, b.compressed_size, "table")
+            return _State("DELETE", Reason.DICT_UNUSED, total, count, b.compressed_size, "table")
+        return _State("DICT", Reason.DICT_KEEP, total, count, b.compressed_size, "table")
     if count == 0:
-        return _State("DELETE", "UNREFERENCED", total, count, b.compressed_size, "table")
+        return _State("DELETE", Reason.UNREFERENCED, total, count, b.compressed_size, "table")
     size, source = b.compressed_size, "table"
     if size == 0:
         if b.observed_size is None or b.observed_size <= 0:  # F7: never divide by zero
@@ -344,8 +342,8 @@ def _initial_state(
     if flags.ratio_u8_wrap:
         ratio %= 256
     if b.features & NOT_REWRITABLE:
-        return _State("ORIGINAL", "KEEP_UNSUPPORTED", total, count, size, source, ratio)
-    kind, reason = ("REBUILD", "REBUILD_RATIO") if ratio < cfg.min_used_ratio else ("ORIGINAL", "KEEP")
+        return _State("ORIGINAL", Reason.KEEP_UNSUPPORTED, total, count, size, source, ratio)
+    kind, reason = ("REBUILD", Reason.REBUILD_RATIO) if ratio < cfg.min_used_ratio else ("ORIGINAL", Reason.KEEP)
     return _State(kind, reason, total, count, size, source, ratio)
 
 
@@ -353,7 +351,7 @@ def _merge_candidates(E: list[SourceBlob], states: list[_State], cfg: CompactCon
     """§1.9: Original blobs by table size (referenced bytes if 0), Rebuild blobs by referenced bytes."""
     cand = []
     for i, s in enumerate(states):
-        if s.reason == "KEEP_UNSUPPORTED":
+        if s.reason == Reason.KEEP_UNSUPPORTED:
             continue
         if s.kind == "ORIGINAL":
             cand.append(Candidate(i, E[i].compressed_size or s.total))
@@ -405,12 +403,12 @@ def _finish(
     for i, s in enumerate(states):
         g = group_of.get(i)
         if g is None:
-            action = {"ORIGINAL": "keep", "DICT": "dict-keep", "DELETE": "delete"}[s.kind]
+            action = {"ORIGINAL": Action.KEEP, "DICT": Action.DICT_KEEP, "DELETE": Action.DELETE}[s.kind]
             reason = s.reason
         elif len(g.members) == 1:
-            action, reason = "rebuild", "REBUILD_RATIO"
+            action, reason = Action.REBUILD, Reason.REBUILD_RATIO
         else:
-            action, reason = "merge", "MERGE_TARGET" if i == g.target else "MERGED_INTO"
+            action, reason = Action.MERGE, Reason.MERGE_TARGET if i == g.target else Reason.MERGED_INTO
         blobs.append(
             BlobDecision(
                 index=i,

@@ -7,9 +7,9 @@ import bisect
 from nydus_compact.rafs.model import Bootstrap
 
 from .errors import ChunkLostError, PlanFileError
-from .facts import Flags
 from .plan import Plan
 from .policy import BlobDecision, Candidate, Decisions, MergeGroup
+from .vocab import NoopReason
 
 
 def group_number(name: str, key: str, source: str) -> int:
@@ -20,13 +20,10 @@ def group_number(name: str, key: str, source: str) -> int:
 
 def decisions_from_plan(plan: Plan, source: str) -> Decisions:
     """The authoritative part of a plan: flags, per-blob actions and groups."""
-    try:
-        flags = Flags(**plan.flags)
-    except TypeError as exc:
-        raise PlanFileError(f"{source}: flags: {exc}") from None
+    flags = plan.flags
     version = plan.images[0].rafs_version if plan.images else 0
     if not plan.summary.changes:
-        return Decisions(version, flags, (), (), (), plan.summary.noop_reason or "no changes planned")
+        return Decisions(version, flags, (), (), (), plan.summary.noop_reason or NoopReason.NO_CHANGES_PLANNED)
     blobs = []
     for i, b in enumerate(plan.blobs):
         if b.index != i:

@@ -12,7 +12,7 @@ from nydus_compact.backends.config import localfs_config, open_backend
 from nydus_compact.mkimage.builder import BuildOptions, build_image
 from nydus_compact.mkimage.sample import make_sample_layers
 from nydus_compact.planner.config import CompactConfig
-from nydus_compact.planner.facts import Flags
+from nydus_compact.planner.flags import Flags
 from nydus_compact.planner.pipeline import PlanInputs, make_plan
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.formatting import human_size, summary_line

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.formatting import human_size
+from nydus_compact.planner.vocab import KEPT_ACTIONS
 from nydus_compact.store.db import Store
 from nydus_compact.store.index import find_image, load_blobs, load_image, nodes_referencing
 from nydus_compact.store.plans import load_plan_recipe
 
 from .errors import ReportError
-from .views import KEPT_ACTIONS, BlobRow, PlanView, RunView
+from .views import BlobRow, PlanView, RunView
 
 MIN_PREFIX = 8
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from nydus_compact.planner.formatting import count_merge_text, human_size
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.planfile import load_plan
+from nydus_compact.planner.vocab import KEPT_ACTIONS, NoopReason, Reason
 from nydus_compact.store import default_state
 from nydus_compact.store.db import Store, open_store
 from nydus_compact.store.errors import StoreError
@@ -36,7 +37,6 @@ from nydus_compact.store.runs import (
 )
 
 from .errors import ReportError
-KEPT_ACTIONS = frozenset({"keep", "dict-keep"})
 
 
 @dataclass(frozen=True)
@@ -211,13 +211,13 @@ def why(b: BlobRow, plan: PlanView, candidates: dict[int, int] | None) -> str:
         used += f" of {human_size(b.size)}" + (f" ({b.ratio}%)" if b.ratio is not None else "")
     g = plan.group(b.group) if b.group else None
     partners = ", ".join(f"[{m}]" for m in g.members if m != b.index) if g else ""
-    if b.reason == "UNREFERENCED":
+    if b.reason == Reason.UNREFERENCED:
         if b.referenced is None:
             return "the new image needs none of its chunks, so it leaves the blob table"
         if b.referenced:
             return "every chunk files use from it is served by another blob, so it leaves the blob table"
         return "no file references any of its chunks, so it leaves the blob table"
-    if b.reason == "KEEP":
+    if b.reason == Reason.KEEP:
         text = f"{used}"
         if t.min_used_ratio and b.ratio is not None:
             text += f", not below min_used_ratio {t.min_used_ratio}%"
@@ -227,26 +227,26 @@ def why(b: BlobRow, plan: PlanView, candidates: dict[int, int] | None) -> str:
             else:
                 text += f"; not smaller than compact_blob_size {human_size(t.compact_blob_size)}, so never merged"
         return text + ": kept as is"
-    if b.reason == "REBUILD_RATIO":
+    if b.reason == Reason.REBUILD_RATIO:
         return f"{used}, below min_used_ratio {t.min_used_ratio}%: its used chunks are copied into new blob {b.group}"
-    if b.reason == "MERGE_TARGET":
+    if b.reason == Reason.MERGE_TARGET:
         return (
             f"{used}; merge target of {b.group}: its used chunks and those of {partners or 'no other blob'} "
             f"go into one new blob (at most max_compact_size {human_size(t.max_compact_size)} of used data)"
         )
-    if b.reason == "MERGED_INTO":
+    if b.reason == Reason.MERGED_INTO:
         target = f" (target [{g.target}])" if g else ""
         return (
             f"{used}; smaller than compact_blob_size {human_size(t.compact_blob_size)}: "
             f"its used chunks are merged into new blob {b.group}{target}"
         )
-    if b.reason == "MERGE_FOR_COUNT":
+    if b.reason == Reason.MERGE_FOR_COUNT:
         return f"{used}; {count_merge_text(t.max_blobs, plan.limit_exact)}: its used chunks go into new blob {b.group}"
-    if b.reason == "KEEP_UNSUPPORTED":
+    if b.reason == Reason.KEEP_UNSUPPORTED:
         return f"{used}; a ZRAN, SEPARATE or inlined-meta blob, whose chunks cannot be copied: kept as is"
-    if b.reason == "DICT_KEEP":
+    if b.reason == Reason.DICT_KEEP:
         return "chunk-dict blob, kept as is"
-    if b.reason == "DICT_UNUSED":
+    if b.reason == Reason.DICT_UNUSED:
         return "chunk-dict blob no file uses, dropped"
     return f"{b.decision} ({b.reason}, set by a reviewer)"
 
@@ -387,7 +387,7 @@ def plan_view_from_store(store: Store, plan_digest: str) -> PlanView | None:
         output=None,
         thresholds=Thresholds.from_config(config if isinstance(config, dict) else {}),
         changes=bool(groups) or bool(deletable),
-        noop_reason=None if groups or deletable else "the recorded plan changes nothing",
+        noop_reason=None if groups or deletable else NoopReason.RECORDED_PLAN_UNCHANGED,
         bytes_to_read=int(reads["size"].sum()),
         bytes_to_write=sum(g.compressed_size for g in groups),
         blobs=rows,

@@ -31,7 +31,7 @@ from nydus_compact.backends.config import localfs_config
 from nydus_compact.backends.localfs import LocalFsBackend
 from nydus_compact.mkimage.builder import BuildOptions, build_image
 from nydus_compact.planner.config import CompactConfig, merge
-from nydus_compact.planner.facts import Flags
+from nydus_compact.planner.flags import Flags
 from nydus_compact.planner.pipeline import PlanInputs, make_plan
 from nydus_compact.planner.planfile import load_plan, write_plan
 from nydus_compact.rafs.compression import Compressor

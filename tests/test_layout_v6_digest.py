@@ -9,7 +9,8 @@ import pytest
 
 from nydus_compact.planner.config import CompactConfig
 from nydus_compact.planner.errors import PlanError
-from nydus_compact.planner.facts import Facts, Flags, SourceBlob
+from nydus_compact.planner.facts import Facts, SourceBlob
+from nydus_compact.planner.flags import Flags
 from nydus_compact.planner.layout import Layout, layout
 from nydus_compact.planner.policy import MergeGroup, decide
 from nydus_compact.rafs import v6

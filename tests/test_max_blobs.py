@@ -11,10 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nydus_compact.planner.config import CompactConfig
-from nydus_compact.planner.facts import DictFacts, Facts, Flags
+from nydus_compact.planner.facts import DictFacts, Facts
+from nydus_compact.planner.flags import Flags
 from nydus_compact.planner.layout import layout
-from nydus_compact.planner.max_blobs import MERGE_FOR_COUNT, Item, limit_blobs, pack
+from nydus_compact.planner.max_blobs import Item, limit_blobs, pack
 from nydus_compact.planner.policy import Decisions, decide, merge_class
+from nydus_compact.planner.vocab import Reason
 from nydus_compact.rafs.compression import Compressor
 from nydus_compact.rafs.digest import Digester
 
@@ -41,7 +43,7 @@ def limited(facts: Facts, n: int, cap: int = BIG, cfg: CompactConfig | None = No
 
 
 def folded(d: Decisions) -> list[int]:
-    return [b.index for b in d.blobs if b.reason == MERGE_FOR_COUNT]
+    return [b.index for b in d.blobs if b.reason == Reason.MERGE_FOR_COUNT]
 
 
 @pytest.mark.parametrize("version", [5, 6])
@@ -79,7 +81,7 @@ def test_blobs_r_rewrites_anyway_are_folded_first_at_no_cost(version: int) -> No
     r_only, out, result, _ = limited(facts, 3, cfg=cfg)
     assert [b.action for b in r_only.blobs] == ["keep", "rebuild", "keep", "keep"]
     assert folded(out) == [2]
-    assert [(b.action, b.reason) for b in out.blobs[1:3]] == [("merge", "REBUILD_RATIO"), ("merge", MERGE_FOR_COUNT)]
+    assert [(b.action, b.reason) for b in out.blobs[1:3]] == [("merge", "REBUILD_RATIO"), ("merge", Reason.MERGE_FOR_COUNT)]
     assert (result.before, result.after, result.extra_bytes) == ((4,), (3,), 15)
 
 

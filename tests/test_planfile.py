@@ -4,6 +4,7 @@ reviewer's edit that would lose a chunk being rejected the way `compact apply` r
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from nydus_compact.backends.config import BackendConfig
 from nydus_compact.backends.localfs import LocalFsBackend
 from nydus_compact.planner.config import CompactConfig, merge
 from nydus_compact.planner.errors import PlanFileError
-from nydus_compact.planner.facts import Flags
+from nydus_compact.planner.flags import Flags
 from nydus_compact.planner.pipeline import PlanInputs, make_plan
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.planfile import load_plan, plan_from_data, render, write_plan
@@ -120,8 +121,8 @@ EDITS = {
         'blobs[1].used_bytes: expected an integer, got "43008"',
     ),
     "wrong-type-in-union": (
-        lambda t: replace_once(t, '  v6_key: "offset"', "  v6_key: [1]"),
-        "flags.v6_key: expected true or false or an integer or a string or null, got [1]",
+        lambda t: re.sub(r"(?m)^  compact_blob_size: \d+$", "  compact_blob_size: [1]", t, count=1),
+        "config.compact_blob_size: expected an integer or a string or null, got [1]",
     ),
     "wrong-type-in-dict": (
         lambda t: replace_once(t, '": 43008\n', '": true\n'),
@@ -135,6 +136,14 @@ EDITS = {
     "bad-decision": (
         lambda t: edit_blob(t, 1, "decision", '"drop"'),
         "blobs[1].decision: expected one of keep, delete, rebuild, merge, dict-keep, got 'drop'",
+    ),
+    "unknown-flag": (
+        lambda t: replace_once(t, "  v6_key: \"offset\"", "  v6_key: \"offset\"\n  i9_magic: true"),
+        "flags.i9_magic: unknown key",
+    ),
+    "invalid-flag": (
+        lambda t: replace_once(t, "  v6_key: \"offset\"", "  v6_key: \"inode\""),
+        "flags: v6_key: expected one of offset, digest, got 'inode'",
     ),
     "list-item-type": (
         lambda t: replace_once(t, '  - "new:g0"', "  - [1]"),
