@@ -24,7 +24,7 @@ from nydus_compact.rafs.loader import bootstrap_sha256, load_bootstrap
 from nydus_compact.rafs.model import Bootstrap
 from nydus_compact.store.db import Store
 from nydus_compact.store.index import index_bootstrap
-from nydus_compact.store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, save_plan
+from nydus_compact.store.plans import READ_RANGE_DTYPE, save_plan
 
 from .config import CompactConfig, canonical_json
 from .errors import PlanError, UsageError
@@ -355,8 +355,6 @@ def _save_recipe(
         }
         for nb in result.new_blobs
     ]
-    chunk_parts = [_columns(nb.group, nb.chunks, NEW_BLOB_CHUNK_DTYPE, _RECIPE_COLUMNS) for nb in result.new_blobs]
-    range_parts = [_columns(nb.group, nb.reads, READ_RANGE_DTYPE, _READ_COLUMNS) for nb in result.new_blobs]
     save_plan(
         store,
         plan.digest,
@@ -365,30 +363,18 @@ def _save_recipe(
         json.dumps(inputs.flags.describe(), sort_keys=True),
         blob_rows,
         new_blobs,
-        np.concatenate(chunk_parts) if chunk_parts else np.zeros(0, dtype=NEW_BLOB_CHUNK_DTYPE),
-        np.concatenate(range_parts) if range_parts else np.zeros(0, dtype=READ_RANGE_DTYPE),
+        _read_ranges(result),
     )
 
 
-
-# store column <- layout field, for the recipe rows the store keeps
-_RECIPE_COLUMNS = {
-    "seq": "index",
-    "src_e_index": "source",
-    "src_offset": "source_offset",
-    "compressed_size": "compressed_size",
-    "uncompressed_size": "uncompressed_size",
-    "new_coff": "compressed_offset",
-    "new_uoff": "uncompressed_offset",
-    "block_id": "digest",
-    "flags": "flags",
-}
-_READ_COLUMNS = {"src_e_index": "source", "offset": "offset", "size": "length", "first_seq": "first", "n_chunks": "count"}
-
-
-def _columns(group: int, src: np.ndarray, dtype: np.dtype, mapping: dict[str, str]) -> np.ndarray:
-    rows = np.zeros(len(src), dtype=dtype)
-    rows["grp"] = group
-    for column, field in mapping.items():
-        rows[column] = src[field]
+def _read_ranges(result: Layout) -> np.ndarray:
+    """Every new blob's coalesced reads (layout.READ_DTYPE, the store's column names) tagged with its group."""
+    rows = np.zeros(sum(len(nb.reads) for nb in result.new_blobs), dtype=READ_RANGE_DTYPE)
+    at = 0
+    for nb in result.new_blobs:
+        part = rows[at : at + len(nb.reads)]
+        part["grp"] = nb.group
+        for name in nb.reads.dtype.names:
+            part[name] = nb.reads[name]
+        at += len(nb.reads)
     return rows

@@ -388,7 +388,7 @@ def plan_view_from_store(store: Store, plan_digest: str) -> PlanView | None:
         thresholds=Thresholds.from_config(config if isinstance(config, dict) else {}),
         changes=bool(groups) or bool(deletable),
         noop_reason=None if groups or deletable else NoopReason.RECORDED_PLAN_UNCHANGED,
-        bytes_to_read=int(reads["size"].sum()),
+        bytes_to_read=int(reads["length"].sum()),
         bytes_to_write=sum(g.compressed_size for g in groups),
         blobs=rows,
         groups=groups,

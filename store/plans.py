@@ -1,9 +1,9 @@
 """Plan recipes: what the planner decided, in a form apply can stream.
 
 A plan is stored once per ``plan_digest`` (the sha256 of its canonical body), so saving the
-same plan again is a no-op. Per-chunk recipe rows may be given as numpy structured arrays
-(``NEW_BLOB_CHUNK_DTYPE``, ``READ_RANGE_DTYPE``, or any array carrying those field names)
-or as iterables of mappings/tuples in table column order; they are loaded back as arrays.
+same plan again is a no-op. Read ranges may be given as a numpy structured array
+(``READ_RANGE_DTYPE``, or any array carrying those field names) or as an iterable of
+mappings/tuples in table column order; they are loaded back as an array.
 """
 
 from __future__ import annotations
@@ -20,29 +20,9 @@ from .db import BATCH_ROWS, Store, column_values, quote, select_sql
 from .errors import StoreError
 from .schema import COLUMNS
 
-NEW_BLOB_CHUNK_DTYPE = np.dtype(
-    [
-        ("grp", "<u4"),
-        ("seq", "<u4"),  # the chunk's index in the new blob
-        ("src_e_index", "<u4"),
-        ("src_offset", "<u8"),
-        ("compressed_size", "<u4"),
-        ("uncompressed_size", "<u4"),
-        ("new_coff", "<u8"),
-        ("new_uoff", "<u8"),
-        ("block_id", "V32"),
-        ("flags", "<u4"),
-    ]
-)
+# A new blob's coalesced reads: planner.layout.READ_DTYPE's fields (same names), plus the group.
 READ_RANGE_DTYPE = np.dtype(
-    [
-        ("grp", "<u4"),
-        ("src_e_index", "<u4"),
-        ("offset", "<u8"),
-        ("size", "<u8"),
-        ("first_seq", "<u4"),
-        ("n_chunks", "<u4"),
-    ]
+    [("grp", "<u4"), ("source", "<u4"), ("offset", "<u8"), ("length", "<u8"), ("first", "<u8"), ("count", "<u8")]
 )
 
 RowsLike = np.ndarray | Iterable[Mapping[str, Any] | Sequence[Any]]
@@ -58,8 +38,7 @@ class PlanRecipe:
     flags_json: str
     blobs: list[dict[str, Any]]  # plan_blobs rows, by e_index
     new_blobs: list[dict[str, Any]]  # new_blobs rows, by grp
-    new_blob_chunks: np.ndarray  # NEW_BLOB_CHUNK_DTYPE, by (grp, seq)
-    read_ranges: np.ndarray  # READ_RANGE_DTYPE, by (grp, first_seq)
+    read_ranges: np.ndarray  # READ_RANGE_DTYPE, by (grp, first)
 
 
 def _payload_columns(table: str) -> tuple[str, ...]:
@@ -97,7 +76,6 @@ def save_plan(
     flags_json: str,
     blob_rows: RowsLike,
     new_blobs: RowsLike,
-    new_blob_chunks: RowsLike,
     read_ranges: RowsLike,
 ) -> int:
     """Store a plan's recipe and return its id; a plan already stored under ``plan_digest`` is kept as is."""
@@ -111,13 +89,8 @@ def save_plan(
             (plan_digest, json.dumps([int(i) for i in image_ids]), store.now(), config_json, flags_json),
         )
         plan_id = int(cur.lastrowid)
-        # new_blobs before chunks and ranges: they reference their group.
-        for table, data in (
-            ("plan_blobs", blob_rows),
-            ("new_blobs", new_blobs),
-            ("new_blob_chunks", new_blob_chunks),
-            ("read_ranges", read_ranges),
-        ):
+        # new_blobs before ranges: they reference their group.
+        for table, data in (("plan_blobs", blob_rows), ("new_blobs", new_blobs), ("read_ranges", read_ranges)):
             store.insert_many(table, COLUMNS[table], _rows(plan_id, _payload_columns(table), data))
     return plan_id
 
@@ -149,6 +122,5 @@ def load_plan_recipe(store: Store, plan_digest: str) -> PlanRecipe | None:
         new_blobs=store.fetch_dicts(
             select_sql("new_blobs", _payload_columns("new_blobs"), '"plan_id" = ?', '"grp"'), (plan_id,)
         ),
-        new_blob_chunks=_recipe_array(store, "new_blob_chunks", plan_id, NEW_BLOB_CHUNK_DTYPE, '"grp", "seq"'),
-        read_ranges=_recipe_array(store, "read_ranges", plan_id, READ_RANGE_DTYPE, '"grp", "first_seq"'),
+        read_ranges=_recipe_array(store, "read_ranges", plan_id, READ_RANGE_DTYPE, '"grp", "first"'),
     )

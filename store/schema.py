@@ -4,8 +4,8 @@ Three groups of tables:
 
 * the content index of a bootstrap (``images``, ``blobs``, ``chunks``, ``nodes``, ``refs``),
   keyed by the bootstrap's sha256 so a file is indexed once;
-* plan recipes written by the planner (``plans``, ``plan_blobs``, ``new_blobs``,
-  ``new_blob_chunks``, ``read_ranges``);
+* plan recipes written by the planner (``plans``, ``plan_blobs``, ``new_blobs``, ``read_ranges``;
+  apply recomputes each new blob's chunk layout from the plan's decisions, so it is not stored);
 * apply checkpoints (``runs``, ``steps``).
 
 Neither the distinct chunks nor the occurrences (a million for a large image) are rows:
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 APPLICATION = "nydus-compact"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Array elements per ``chunks``/``refs`` row: at most 32 MiB per BLOB, far below SQLite's 1 GB value limit.
 SEGMENT = 1 << 20
 
@@ -202,36 +202,18 @@ TABLE_SPECS: tuple[TableSpec, ...] = (
         foreign_keys=(_PLAN_FK,),
     ),
     TableSpec(
-        "new_blob_chunks",
-        {
-            "plan_id": int,
-            "grp": int,
-            "seq": int,
-            "src_e_index": int,
-            "src_offset": int,
-            "compressed_size": int,
-            "uncompressed_size": int,
-            "new_coff": int,
-            "new_uoff": int,
-            "block_id": bytes,
-            "flags": int,
-        },
-        ("plan_id", "grp", "seq"),
-        foreign_keys=(_GROUP_FK,),
-        without_rowid=True,
-    ),
-    TableSpec(
         "read_ranges",
         {
             "plan_id": int,
             "grp": int,
-            "src_e_index": int,
+            # The fields of planner.layout.READ_DTYPE, under the same names.
+            "source": int,
             "offset": int,
-            "size": int,
-            "first_seq": int,
-            "n_chunks": int,
+            "length": int,
+            "first": int,
+            "count": int,
         },
-        ("plan_id", "grp", "first_seq"),
+        ("plan_id", "grp", "first"),
         foreign_keys=(_GROUP_FK,),
         without_rowid=True,
     ),

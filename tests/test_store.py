@@ -27,7 +27,7 @@ from nydus_compact.store.index import (
     load_references,
     nodes_referencing,
 )
-from nydus_compact.store.plans import NEW_BLOB_CHUNK_DTYPE, READ_RANGE_DTYPE, load_plan_recipe, save_plan
+from nydus_compact.store.plans import READ_RANGE_DTYPE, load_plan_recipe, save_plan
 from nydus_compact.store.runs import (
     completed_steps,
     find_run,
@@ -171,7 +171,7 @@ def test_new_store_has_schema_wal_and_foreign_keys(db_path: Path) -> None:
         assert store.fetchall("PRAGMA journal_mode")[0][0] == "wal"
         assert store.fetchall("PRAGMA foreign_keys")[0][0] == 1
         assert "ux_images_sha256" in {i.name for i in store.db.table("images").indexes}
-        for table in ("blobs", "nodes", "new_blob_chunks"):  # one B-tree per row, no rowid + key index
+        for table in ("blobs", "nodes", "read_ranges"):  # one B-tree per row, no rowid + key index
             assert store.db.table(table).schema.endswith("WITHOUT ROWID")
         for table in ("chunks", "refs"):  # blobopen writes their BLOBs in place by rowid
             assert not store.db.table(table).schema.endswith("WITHOUT ROWID")
@@ -455,26 +455,16 @@ def _recipe() -> tuple:
          "size": 120, "size_source": "table", "ratio": 100.0, "grp": 0, "new_index": 1},
     ]
     new_blobs = [(0, 1, 3, 320, 12288)]  # grp, new_index, chunk_count, compressed, uncompressed
-    chunks = np.zeros(3, dtype=NEW_BLOB_CHUNK_DTYPE)
-    chunks["seq"] = [0, 1, 2]
-    chunks["src_e_index"] = [1, 2, 2]
-    chunks["src_offset"] = [0, 0, 50]
-    chunks["compressed_size"] = [200, 50, 70]
-    chunks["uncompressed_size"] = 4096
-    chunks["new_coff"] = [0, 200, 250]
-    chunks["new_uoff"] = [0, 4096, 8192]
-    chunks["block_id"] = np.frombuffer(b"".join(_digest(i) for i in (2, 5, 6)), dtype="V32")
-    chunks["flags"] = 1
     ranges = np.array([(0, 1, 0, 200, 0, 1), (0, 2, 0, 120, 1, 2)], dtype=READ_RANGE_DTYPE)
-    return blob_rows, new_blobs, chunks, ranges
+    return blob_rows, new_blobs, ranges
 
 
 def test_plan_round_trip_and_idempotence(db_path: Path, boot_file: Path) -> None:
-    blob_rows, new_blobs, chunks, ranges = _recipe()
+    blob_rows, new_blobs, ranges = _recipe()
     with open_store(db_path, clock=TickClock()) as store:
         image_id = index_bootstrap(store, boot_file, small_bootstrap(), SHA_A, None)
         plan_id = save_plan(store, "p" * 64, [image_id], '{"threshold":80}', '{"I3":true}', blob_rows, new_blobs,
-                            chunks, ranges)
+                            ranges)
     with open_store(db_path, create=False) as store:
         recipe = load_plan_recipe(store, "p" * 64)
         assert recipe is not None
@@ -485,21 +475,20 @@ def test_plan_round_trip_and_idempotence(db_path: Path, boot_file: Path) -> None
         assert recipe.new_blobs == [
             {"grp": 0, "new_index": 1, "chunk_count": 3, "compressed_size": 320, "uncompressed_size": 12288}
         ]
-        assert recipe.new_blob_chunks.dtype == NEW_BLOB_CHUNK_DTYPE
-        assert np.array_equal(recipe.new_blob_chunks, chunks)
+        assert recipe.read_ranges.dtype == READ_RANGE_DTYPE
         assert np.array_equal(recipe.read_ranges, ranges)
 
-        again = save_plan(store, "p" * 64, [image_id], "{}", "{}", [], [], [], [])
+        again = save_plan(store, "p" * 64, [image_id], "{}", "{}", [], [], [])
         assert again == plan_id
-        assert _count(store, "plans") == 1 and _count(store, "new_blob_chunks") == 3
+        assert _count(store, "plans") == 1 and _count(store, "read_ranges") == 2
         assert load_plan_recipe(store, "q" * 64) is None
 
 
 def test_plan_with_bad_rows_leaves_nothing_behind(db_path: Path) -> None:
-    blob_rows, new_blobs, chunks, _ = _recipe()
+    blob_rows, new_blobs, _ = _recipe()
     with open_store(db_path) as store:
         with pytest.raises(ValueError, match="recipe row has 2 values"):
-            save_plan(store, "p" * 64, [], "{}", "{}", blob_rows, new_blobs, chunks, [(0, 1)])
+            save_plan(store, "p" * 64, [], "{}", "{}", blob_rows, new_blobs, [(0, 1)])
         assert load_plan_recipe(store, "p" * 64) is None
         assert _count(store, "plan_blobs") == 0
 
