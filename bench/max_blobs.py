@@ -48,7 +48,8 @@ from nydus_compact.planner.flags import Flags
 from nydus_compact.planner.fleet import unite
 from nydus_compact.planner.layout import layout
 from nydus_compact.planner.max_blobs import limit_blobs
-from nydus_compact.planner.policy import KEPT_ACTIONS, Decisions, decide, resolve
+from nydus_compact.planner.policy import Decisions, decide, resolve
+from nydus_compact.planner.vocab import KEPT_ACTIONS
 from nydus_compact.rafs.loader import load_bootstrap
 from nydus_compact.rafs.model import CHUNK_DTYPE
 
