@@ -6,18 +6,13 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from nydus_compact.planner.formatting import human_size
 from nydus_compact.safeio import is_stdout
-from nydus_compact.store import default_state
 
 from .app import EXIT_ERROR, EXIT_OK, app
-
-if TYPE_CHECKING:  # imported by each command when it runs (fast start-up)
-    from nydus_compact.backends.config import BackendConfig
 
 
 @contextmanager
@@ -52,22 +47,6 @@ def progress_bar(enabled: bool):
         yield update
 
 
-def plan_backend(plan_backend: dict, backend_config: Path | None, backend_type: str | None) -> BackendConfig:
-    """The backend to read source blobs from: given again, or rebuilt from the plan for localfs."""
-    from nydus_compact.applier.errors import ApplyError
-    from nydus_compact.backends.config import FINGERPRINT_KEYS, BackendConfig, load_backend_config
-
-    if backend_config is not None:
-        return load_backend_config(backend_config, backend_type)
-    if plan_backend.get("type") != "localfs":
-        raise ApplyError(
-            f"the plan reads blobs from a {plan_backend.get('type')} backend; pass the same --backend-config "
-            "(secrets are never stored in plans)"
-        )
-    cfg = {k: plan_backend[k] for k in FINGERPRINT_KEYS if k in plan_backend}
-    return BackendConfig("localfs", cfg, "plan")
-
-
 @app.command("apply")
 def apply_command(
     plan_file: Path = typer.Argument(..., help="Plan written by `compact plan` (possibly reviewed and edited)."),
@@ -88,41 +67,21 @@ def apply_command(
 
         compact apply plan.yaml -O image.compact.boot --output-json result.json
     """
-    from nydus_compact.applier.apply import ApplyOptions, apply_plan
-    from nydus_compact.applier.errors import ApplyError
-    from nydus_compact.applier.overlay import NewImageBackend
-    from nydus_compact.applier.verify import record_verification, verify_image
-    from nydus_compact.backends.config import open_backend
-    from nydus_compact.planner.planfile import load_plan
-    from nydus_compact.rafs.loader import load_bootstrap
-    from nydus_compact.store.db import open_store
+    from nydus_compact.applier.run import ApplyRequest, run_apply
 
-    plan, recorded = load_plan(plan_file)
-    bcfg = plan_backend(plan.backend, backend_config, backend_type)
-    if blobs_dir is None:
-        default = bcfg.config.get("dir") or plan.config.get("blobs_dir")
-        if not default:
-            raise ApplyError("where should new blobs go? pass --blobs-dir DIR")
-        blobs_dir = Path(default)
-    opts = ApplyOptions(plan_file, blobs_dir, output_bootstrap, output_json, verify, jobs, output_dir, verify_sources)
-    with open_backend(bcfg) as backend, open_store(state or default_state(plan_file)) as store:
-        with progress_bar(sys.stderr.isatty()) as progress:
-            result = apply_plan(plan, recorded, opts, backend, bcfg, store, progress)
-        to_stderr = is_stdout(output_json)  # stdout carries the JSON
-        typer.echo(result.message, err=to_stderr)
-        if verify and result.run_id is not None:
-            failed = False
-            for image in result.images:
-                new_bs = load_bootstrap(image["bootstrap"])
-                report = verify_image(new_bs, NewImageBackend(blobs_dir, backend))
-                record_verification(store, result.run_id, report, Path(image["bootstrap"]))
-                typer.echo(report.summary(image["bootstrap"]), err=to_stderr)
-                for p in report.problems:
-                    typer.echo(f"  {p}", err=True)
-                failed |= not report.ok
-            if failed:
-                return EXIT_ERROR
-    return EXIT_OK
+    req = ApplyRequest(
+        plan_file, blobs_dir, output_bootstrap, output_dir, output_json, backend_config, backend_type, state,
+        verify, verify_sources, jobs,
+    )
+    with progress_bar(sys.stderr.isatty()) as progress:
+        outcome = run_apply(req, progress)
+    to_stderr = is_stdout(output_json)  # stdout carries the JSON
+    typer.echo(outcome.result.message, err=to_stderr)
+    for bootstrap, report in outcome.verified:
+        typer.echo(report.summary(bootstrap), err=to_stderr)
+        for p in report.problems:
+            typer.echo(f"  {p}", err=True)
+    return EXIT_OK if outcome.ok else EXIT_ERROR
 
 
 @app.command("verify")
