@@ -251,6 +251,7 @@ def apply_plan(
         for directory in dict.fromkeys(d.resolve() for d in out_dirs):
             remove_stale_temps(directory, prefix=tmp)
         run = start_run(store, digest, outputs=outputs, inputs=inputs)
+        checkpoints = Checkpoints(store, run.id)
         try:
             src = images[0]
             job = CopyJob(
@@ -258,9 +259,9 @@ def apply_plan(
                 whole_file_id=plan.flags.i2_whole_file_id or src.version == 5,
                 check=SourceCheck(_user_of(prep, images), os.cpu_count() or 1) if opts.verify_sources else None,
             )
-            written = _write_blobs(prep, job, store, run.id, opts.jobs, progress)
-            _publish_blobs(backend, result, written, store, run.id)
-            done = completed_steps(store, run.id)
+            written = _write_blobs(prep, job, checkpoints, opts.jobs, progress)
+            _publish_blobs(backend, result, written, checkpoints)
+            done = checkpoints.done()
             tables = []
             for k, (key, out_boot) in enumerate(boots.items()):
                 phase(f"writing bootstrap {out_boot.name}", 0, 0)
@@ -272,14 +273,14 @@ def apply_plan(
                 boot_sha = hashlib.sha256(data).hexdigest()
                 step = done.get(key)
                 if step is None or step.sha256 != boot_sha or not same_file(out_boot, len(data), boot_sha):
-                    record_step(store, run.id, key, STEP_RUNNING)
+                    checkpoints.start(key)
                     _write_bootstrap(out_boot, data, tmp + key.replace(":", "-"))
                     fault_point("bootstrap-done")
-                    record_step(store, run.id, key, STEP_DONE, bytes=len(data), size=len(data), sha256=boot_sha)
+                    checkpoints.finish(key, bytes=len(data), size=len(data), sha256=boot_sha)
             res = _result(run.id, run.resumes, written, digest, boots, prep, tables)
             if opts.output_json is not None:
                 doc = _write_json(opts.output_json, res, tmp)
-                record_step(store, run.id, "json", STEP_DONE, size=len(doc), sha256=hashlib.sha256(doc).hexdigest())
+                checkpoints.finish("json", size=len(doc), sha256=hashlib.sha256(doc).hexdigest())
                 fault_point("json-done")
             finish_run(store, run.id, RUN_SUCCEEDED)
         except BaseException:
@@ -342,17 +343,43 @@ def _check_outputs(done: dict, blobs_dir: Path, boots: dict[str, Path]) -> list[
     return problems
 
 
+@dataclass
+class Checkpoints:
+    """One apply run's steps in the state store: what is done, and recording what gets done.
+
+    A step key names one output: ``blob:gN`` (a new blob), ``upload:gN``, ``bootstrap`` (or
+    ``bootstrap:K`` in a fleet), ``json``."""
+
+    store: Store
+    run_id: int
+
+    def done(self) -> dict:
+        return completed_steps(self.store, self.run_id)
+
+    def start(self, key: str, **fields) -> None:
+        record_step(self.store, self.run_id, key, STEP_RUNNING, **fields)
+
+    def finish(self, key: str, status: str = STEP_DONE, **fields) -> None:
+        record_step(self.store, self.run_id, key, status, **fields)
+
+    def written_blob(self, nb: NewBlob, step, out_dir: Path, chunk_size: int) -> WrittenBlob | None:
+        """The new blob a previous attempt finished, if its file is still intact."""
+        if step is None or not same_file(out_dir / step.blob_id, step.size, step.sha256):
+            return None
+        info = _info_from_step(nb, step, chunk_size, out_dir)
+        return WrittenBlob(info, out_dir / step.blob_id, step.sha256, 0, 0, True)
+
+
 def _write_blobs(
-    prep: Prepared, job: CopyJob, store: Store, run_id: int, jobs: int, progress: Progress | None
+    prep: Prepared, job: CopyJob, checkpoints: Checkpoints, jobs: int, progress: Progress | None
 ) -> dict[int, WrittenBlob]:
-    done = completed_steps(store, run_id)
+    done = checkpoints.done()
     written: dict[int, WrittenBlob] = {}
     todo: list[NewBlob] = []
     for nb in prep.layout.new_blobs:
-        step = done.get(f"blob:g{nb.group}")
-        if step is not None and same_file(job.out_dir / step.blob_id, step.size, step.sha256):
-            info = _info_from_step(nb, step, job.chunk_size, job.out_dir)
-            written[nb.group] = WrittenBlob(info, job.out_dir / step.blob_id, step.sha256, 0, 0, True)
+        wb = checkpoints.written_blob(nb, done.get(f"blob:g{nb.group}"), job.out_dir, job.chunk_size)
+        if wb is not None:
+            written[nb.group] = wb
         else:
             todo.append(nb)
     total = sum(int(nb.reads["length"].sum()) for nb in todo)
@@ -368,15 +395,15 @@ def _write_blobs(
     job.progress = advance
     advance(0)
     for nb in todo:
-        record_step(store, run_id, f"blob:g{nb.group}", STEP_RUNNING)
+        checkpoints.start(f"blob:g{nb.group}")
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="new-blob")
     futures = [pool.submit(write_new_blob, nb, job) for nb in todo]
     try:
         for nb, future in zip(todo, futures):
             wb = _wait(future)
             fault_point(f"blob-done:g{nb.group}")
-            record_step(
-                store, run_id, f"blob:g{nb.group}", STEP_SKIPPED if wb.reused else STEP_DONE,
+            checkpoints.finish(
+                f"blob:g{nb.group}", STEP_SKIPPED if wb.reused else STEP_DONE,
                 bytes=wb.info.compressed_size, requests=wb.requests, blob_id=wb.info.blob_id,
                 size=wb.info.compressed_size, sha256=wb.sha256, detail=_info_detail(wb.info),
             )
@@ -422,23 +449,23 @@ def _user_of(prep: Prepared, images: list[Bootstrap]) -> Callable[[int], str]:
 
 
 def _publish_blobs(
-    backend: BlobBackend, result: Layout, written: dict[int, WrittenBlob], store: Store, run_id: int
+    backend: BlobBackend, result: Layout, written: dict[int, WrittenBlob], checkpoints: Checkpoints
 ) -> None:
     """Upload new blobs to a backend that serves them (a registry); checkpointed per group."""
     if not backend.accepts_uploads:
         return
-    done = completed_steps(store, run_id)
+    done = checkpoints.done()
     for nb in result.new_blobs:
         key = f"upload:g{nb.group}"
         wb = written[nb.group]
         step = done.get(key)
         if step is not None and step.blob_id == wb.info.blob_id:
             continue
-        record_step(store, run_id, key, STEP_RUNNING, blob_id=wb.info.blob_id)
+        checkpoints.start(key, blob_id=wb.info.blob_id)
         uploaded = backend.upload_blob(wb.info.blob_id, wb.path)
         fault_point(f"upload-done:g{nb.group}")
-        record_step(
-            store, run_id, key, STEP_DONE if uploaded else STEP_SKIPPED, bytes=wb.info.compressed_size if uploaded else 0,
+        checkpoints.finish(
+            key, STEP_DONE if uploaded else STEP_SKIPPED, bytes=wb.info.compressed_size if uploaded else 0,
             blob_id=wb.info.blob_id, size=wb.info.compressed_size, sha256=wb.sha256,
             detail="uploaded" if uploaded else "already present in the backend",
         )
