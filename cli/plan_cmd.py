@@ -110,9 +110,9 @@ def plan_command(
     state: Path | None = typer.Option(None, "--state", help="SQLite state store (default: next to the plan, PLAN.state.sqlite)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON on stdout."),
     detailed_exitcode: bool = typer.Option(False, "--detailed-exitcode", help="Exit 0 if nothing changes, 2 if changes are planned, 1 on error."),
-    upstream_oracle: bool = typer.Option(False, "--upstream-oracle", help="Reference semantics R exactly, with no improvement flags (compact.md §2 oracles)."),
+    upstream_oracle: bool = typer.Option(False, "--upstream-oracle", help="Decide exactly as nydus-image 2.2 compact would (its bugs fixed), without this tool's improvements."),
     drop_unused_dict_blobs: bool = typer.Option(False, "--drop-unused-dict-blobs", help="I1: leave chunk-dict blobs no file uses out of the new table."),
-    ratio_u8_wrap: bool = typer.Option(False, "--ratio-u8-wrap", help="Reproduce upstream's u8 truncation of the used ratio (B14)."),
+    ratio_u8_wrap: bool = typer.Option(False, "--ratio-u8-wrap", help="Reproduce nydus-image 2.2's truncation of the used ratio to 0-255."),
     v6_key: str = typer.Option("offset", "--v6-key", help="How v6 chunks are identified: offset (v2.2.0) or digest (HEAD)."),
 ) -> int:
     """Index a bootstrap, decide what to delete / rebuild / merge, and write a reviewable plan.

@@ -208,23 +208,23 @@ class _Reader:
     def _superblock(self) -> None:
         d = self.data
         if self.size < MIN_FILE_SIZE:
-            raise self.fail(f"§15.1 file is {self.size} bytes, nydusd needs at least {MIN_FILE_SIZE}")
+            raise self.fail(f"file is {self.size} bytes, nydusd needs at least {MIN_FILE_SIZE}")  # §15.1
         if struct.unpack_from("<II", d, 0) == (RAFS_V5_MAGIC, RAFS_V5_VERSION):
-            raise self.fail("§15.1 this is a RAFS v5 bootstrap", 0)
+            raise self.fail("this is a RAFS v5 bootstrap", 0)  # §15.1
         sb = SUPERBLOCK.unpack_from(d, RAFS_V6_SB_OFFSET)
         checks = [
-            (self.size % BLOCK_SIZE == 0, "§15.3a file size is not a multiple of 4096"),
-            (sb.s_magic == RAFS_V6_MAGIC, "§15.3b bad EROFS magic"),
-            (sb.s_checksum == 0, "§15.3c s_checksum must be 0"),
-            (sb.s_blkszbits == 12, "§15.3d s_blkszbits must be 12"),
-            (sb.s_inos != 0, "§15.3e s_inos is 0"),
-            (sb.s_extslots == 0, "§15.3f s_extslots must be 0"),
-            (sb.s_u == 0, "§15.3g s_u must be 0"),
-            (sb.s_xattr_blkaddr == 0, "§15.3h s_xattr_blkaddr must be 0"),
-            (sb.s_extra_devices != 0 or sb.s_blocks in (0, BLOCK_SIZE), "§15.3i s_blocks without extra devices"),
-            (sb.s_devt_slotoff == DEVT_SLOTOFF, "§15.3j s_devt_slotoff must be 11"),
-            (sb.s_feature_incompat == FEATURE_INCOMPAT, "§15.3k s_feature_incompat must be 0x0C"),
-            (sb.s_feature_compat & FEATURE_COMPAT_RAFS_V6, "§15.3l s_feature_compat lacks RAFS_V6"),
+            (self.size % BLOCK_SIZE == 0, "file size is not a multiple of 4096"),  # §15.3a
+            (sb.s_magic == RAFS_V6_MAGIC, "bad EROFS magic"),  # §15.3b
+            (sb.s_checksum == 0, "s_checksum must be 0"),  # §15.3c
+            (sb.s_blkszbits == 12, "s_blkszbits must be 12"),  # §15.3d
+            (sb.s_inos != 0, "s_inos is 0"),  # §15.3e
+            (sb.s_extslots == 0, "s_extslots must be 0"),  # §15.3f
+            (sb.s_u == 0, "s_u must be 0"),  # §15.3g
+            (sb.s_xattr_blkaddr == 0, "s_xattr_blkaddr must be 0"),  # §15.3h
+            (sb.s_extra_devices != 0 or sb.s_blocks in (0, BLOCK_SIZE), "s_blocks is set but the image has no extra devices"),  # §15.3i
+            (sb.s_devt_slotoff == DEVT_SLOTOFF, "s_devt_slotoff must be 11"),  # §15.3j
+            (sb.s_feature_incompat == FEATURE_INCOMPAT, "s_feature_incompat must be 0x0C"),  # §15.3k
+            (sb.s_feature_compat & FEATURE_COMPAT_RAFS_V6, "s_feature_compat lacks RAFS_V6"),  # §15.3l
         ]
         for ok, check in checks:
             if not ok:
@@ -241,22 +241,22 @@ class _Reader:
         pf_off, pf_size = ext.s_prefetch_table_offset, ext.s_prefetch_table_size
         size = self.size
         if sum(1 for f in _COMPRESSION_FLAGS if flags & f) != 1:
-            raise self.fail("§15.4a exactly one compression flag must be set", EXT_OFFSET)
+            raise self.fail("exactly one compression flag must be set", EXT_OFFSET)  # §15.4a
         if sum(1 for f in _HASH_FLAGS if flags & f) != 1:
-            raise self.fail("§15.4b exactly one hash flag must be set", EXT_OFFSET)
+            raise self.fail("exactly one hash flag must be set", EXT_OFFSET)  # §15.4b
         if not _valid_chunk_size(chunk_size):
-            raise self.fail(f"§15.4c chunk size {chunk_size:#x} invalid", EXT_OFFSET)
+            raise self.fail(f"chunk size {chunk_size:#x} invalid", EXT_OFFSET)  # §15.4c
         if (bt_off % BLOCK_SIZE or bt_off < BLOCK_SIZE or bt_size % BLOB_ENTRY.size or bt_off + bt_size > size or bt_off % 8
                 or bt_size % 8):  # fmt: skip
-            raise self.fail("§15.4d/6 blob table out of bounds or misaligned", EXT_OFFSET)
+            raise self.fail("blob table out of bounds or misaligned", EXT_OFFSET)  # §15.4d/6
         if ct_size and (ct_off < BLOCK_SIZE or ct_off % BLOCK_SIZE or ct_size % CHUNK_INFO_SIZE or ct_off + ct_size > size
                         or _overlap(ct_off, ct_size, bt_off, bt_size)):  # fmt: skip
-            raise self.fail("§15.4e chunk table out of bounds, misaligned or overlapping", EXT_OFFSET)
+            raise self.fail("chunk table out of bounds, misaligned or overlapping", EXT_OFFSET)  # §15.4e
         if pf_size and pf_off and (pf_off < BLOCK_SIZE or pf_size % 4 or pf_off + pf_size > size or pf_off % 8
                                    or _overlap(pf_off, pf_size, bt_off, bt_size)):  # fmt: skip
-            raise self.fail("§15.4f prefetch table out of bounds, misaligned or overlapping", EXT_OFFSET)
+            raise self.fail("prefetch table out of bounds, misaligned or overlapping", EXT_OFFSET)  # §15.4f
         if flags & ~SUPER_FLAGS_KNOWN:
-            raise self.fail(f"§15.5 unknown superblock flags {flags & ~SUPER_FLAGS_KNOWN:#x}", EXT_OFFSET)
+            raise self.fail(f"unknown superblock flags {flags & ~SUPER_FLAGS_KNOWN:#x}", EXT_OFFSET)  # §15.5
         nblobs = bt_size // BLOB_ENTRY.size
         if self.extra_devices != nblobs or DEVT_OFFSET + DEVICE_SLOT.size * nblobs > bt_off:
             raise self.fail(f"{self.extra_devices} device slots for {nblobs} blobs", RAFS_V6_SB_OFFSET)
@@ -276,7 +276,7 @@ class _Reader:
             try:
                 blob_id = e.blob_id.decode().rstrip("\x00")
             except UnicodeDecodeError:
-                raise self.fail("§15.7a blob id is not UTF-8", off) from None
+                raise self.fail("blob id is not UTF-8", off) from None  # §15.7a
             count_ok = chunk_count * 16
             if features & BlobFeatures.CHUNK_INFO_V2:
                 count_ok = chunk_count * 24
@@ -284,17 +284,17 @@ class _Reader:
             ci_usize = e.ci_uncompressed_size
             ci_size_ok = (ci_usize >= count_ok) if (v2 and zran) else (not zran and ci_usize == count_ok)
             checks = [
-                (e.blob_index == idx, "§15.7b blob_index differs from its position"),
-                (e.chunk_size == self.chunk_size and _valid_chunk_size(e.chunk_size), "§15.7c blob chunk_size"),
-                (chunk_count <= MAX_CI_ENTRIES, "§15.7d chunk_count above 2^24"),
+                (e.blob_index == idx, "blob_index differs from its position"),  # §15.7b
+                (e.chunk_size == self.chunk_size and _valid_chunk_size(e.chunk_size), "blob chunk_size differs from the superblock's or is invalid"),  # §15.7c
+                (chunk_count <= MAX_CI_ENTRIES, "chunk_count above 2^24"),  # §15.7d
                 (e.compression_algo <= 3 and e.ci_compressor <= 3 and e.digest_algo <= 1,
-                 "§15.7e unknown compression or digest algorithm"),
-                (e.uncompressed_size <= 1 << 44 and e.compressed_size <= 1 << 40, "§15.7f blob sizes out of range"),
-                (blob_features_valid(features), "§15.7g invalid blob features"),
-                (features & BlobFeatures.ALIGNED, "§15.7h blob lacks the ALIGNED feature"),
+                 "unknown compression or digest algorithm"),  # §15.7e
+                (e.uncompressed_size <= 1 << 44 and e.compressed_size <= 1 << 40, "blob sizes out of range"),  # §15.7f
+                (blob_features_valid(features), "invalid blob features"),  # §15.7g
+                (features & BlobFeatures.ALIGNED, "blob lacks the ALIGNED feature"),  # §15.7h
                 (e.ci_offset + e.ci_compressed_size < 1 << 64 and e.ci_compressed_size <= ci_usize,
-                 "§15.7i ci_offset/ci_compressed_size"),
-                (ci_size_ok, "§15.7j ci_uncompressed_size does not fit chunk_count"),
+                 "blob meta offset or compressed size (ci_offset, ci_compressed_size) out of range"),  # §15.7i
+                (ci_size_ok, "ci_uncompressed_size does not fit chunk_count"),  # §15.7j
             ]
             for ok, check in checks:
                 if not ok:
@@ -347,12 +347,12 @@ class _Reader:
         off = self.meta_base + nid * SLOT
         d = self.data
         if off + 32 > self.size:
-            raise self.fail(f"§15.8 inode of nid {nid} outside the file", off)
+            raise self.fail(f"inode of nid {nid} outside the file", off)  # §15.8
         i_format = struct.unpack_from("<H", d, off)[0]
         extended = bool(i_format & 1)
         if extended:
             if off + 64 > self.size:
-                raise self.fail(f"§15.8 inode of nid {nid} outside the file", off)
+                raise self.fail(f"inode of nid {nid} outside the file", off)  # §15.8
             fields = INODE_EXTENDED.unpack_from(d, off)
             (_, icount, mode, _, size, i_u, _, uid, gid, mtime, mtime_nsec, nlink, _) = fields
             isize = 64
@@ -361,16 +361,16 @@ class _Reader:
             mtime = mtime_nsec = 0
             isize = 32
         if i_format & ~0xF:
-            raise self.fail(f"§15.9 i_format {i_format:#x} uses bits above 3", off)
+            raise self.fail(f"i_format {i_format:#x} uses bits above 3", off)  # §15.9
         layout = (i_format >> 1) & 7
         if layout not in (FLAT_PLAIN, FLAT_INLINE, CHUNK_BASED):
-            raise self.fail(f"§15.9 unsupported data layout {layout}", off)
+            raise self.fail(f"unsupported data layout {layout}", off)  # §15.9
         xattrs: list[tuple[bytes, bytes]] = []
         data_offset = off + isize
         if icount:
             xsize = 12 + (icount - 1) * 4
             if data_offset + xsize > self.size:
-                raise self.fail("§15.12 xattr area outside the file", data_offset)
+                raise self.fail("xattr area outside the file", data_offset)  # §15.12
             xattrs = self._xattrs(data_offset + 12, data_offset + xsize)
             data_offset += xsize
         return _Inode(off, layout, mode, nlink, size, i_u, uid, gid, mtime, mtime_nsec, extended, xattrs, data_offset)
@@ -379,13 +379,13 @@ class _Reader:
         out = []
         while pos < end:
             if pos + 4 > end:
-                raise self.fail("§15.12 truncated xattr entry", pos)
+                raise self.fail("truncated xattr entry", pos)  # §15.12
             name_len, index, value_size = XATTR_ENTRY.unpack_from(self.data, pos)
             if name_len + value_size > end - pos - 4:
-                raise self.fail("§15.12 xattr entry larger than the xattr area", pos)
+                raise self.fail("xattr entry larger than the xattr area", pos)  # §15.12
             prefix = _XATTR_PREFIXES.get(index)
             if prefix is None:
-                raise self.fail(f"§15.12 unknown xattr prefix index {index}", pos)
+                raise self.fail(f"unknown xattr prefix index {index}", pos)  # §15.12
             name = bytes(self.data[pos + 4 : pos + 4 + name_len])
             value = bytes(self.data[pos + 4 + name_len : pos + 4 + name_len + value_size])
             out.append((prefix + name, value))
@@ -395,7 +395,7 @@ class _Reader:
     def _flat_data(self, ino: _Inode) -> bytes:
         """The bytes of a FLAT_PLAIN / FLAT_INLINE inode (§10), bounds-checked."""
         if ino.layout == CHUNK_BASED:
-            raise self.fail("§15.9 reading a CHUNK_BASED inode as flat data", ino.offset)
+            raise self.fail("reading a CHUNK_BASED inode as flat data", ino.offset)  # §15.9
         size = ino.size
         nblocks = _chunk_count(size, BLOCK_SIZE)
         full = nblocks - 1 if ino.layout == FLAT_INLINE and nblocks else nblocks
@@ -421,15 +421,15 @@ class _Reader:
         for bstart in range(0, len(content), BLOCK_SIZE):
             blk = content[bstart : bstart + BLOCK_SIZE]
             if len(blk) < DIRENT.size:
-                raise self.fail("§15.10 directory block too short for a dirent", ino.offset)
+                raise self.fail("directory block too short for a dirent", ino.offset)  # §15.10
             first_nameoff = DIRENT.unpack_from(blk, 0)[1]
             if first_nameoff % 12 or not 0 < first_nameoff < len(blk):
-                raise self.fail(f"§15.10 bad first e_nameoff {first_nameoff}", ino.offset)
+                raise self.fail(f"bad first e_nameoff {first_nameoff}", ino.offset)  # §15.10
             raw = list(DIRENT.iter_unpack(blk[:first_nameoff]))
             for j, (nid, nameoff, _, _) in enumerate(raw):
                 end = raw[j + 1][1] if j + 1 < len(raw) else len(blk)
                 if not first_nameoff <= nameoff <= end <= len(blk):
-                    raise self.fail(f"§15.10 e_nameoff {nameoff} not monotonic", ino.offset)
+                    raise self.fail(f"e_nameoff {nameoff} not monotonic", ino.offset)  # §15.10
                 name = blk[nameoff:end]
                 if j + 1 == len(raw):
                     name = name.split(b"\x00", 1)[0]
@@ -459,7 +459,7 @@ class _Reader:
         )
         if fmt == stat.S_IFLNK:
             if ino.size > BLOCK_SIZE:
-                raise self.fail(f"§15.11 symlink i_size {ino.size} above 4096", ino.offset)
+                raise self.fail(f"symlink i_size {ino.size} above 4096", ino.offset)  # §15.11
             target = self._symlinks.get(ino.offset)
             if target is None:
                 target = self._symlinks[ino.offset] = self._flat_data(ino)
@@ -549,11 +549,11 @@ class _Reader:
         ci_index = ((all_addrs["hi"] >> 8).astype(np.uint32) << 16) | all_addrs["lo"]
         bad = np.flatnonzero((blob_index < 0) | (blob_index >= len(self.blobs)))
         if len(bad):
-            raise self.fail(f"§15.13 chunk address with device id {int(blob_index[bad[0]]) + 1}", owner(bad[0]))
+            raise self.fail(f"chunk address with device id {int(blob_index[bad[0]]) + 1}", owner(bad[0]))  # §15.13
         chunk_counts = np.array([b.chunk_count for b in self.blobs], dtype=np.uint32)
         bad = np.flatnonzero(ci_index >= chunk_counts[blob_index])
         if len(bad):
-            raise self.fail("§15.13 chunk address ci index beyond its blob's chunk_count", owner(bad[0]))
+            raise self.fail("chunk address ci index beyond its blob's chunk_count", owner(bad[0]))  # §15.13
         keys = _address_keys(blob_index, ci_index, all_addrs["blk"])
         del blob_index, ci_index
 
@@ -574,7 +574,7 @@ class _Reader:
             i = int(bad[0])
             key = int(keys[i])
             raise self.fail(
-                f"§14 chunk address (blob {key >> 56}, ci {(key >> 32) & 0xFF_FFFF}, blk {key & 0xFFFF_FFFF})"
+                f"chunk address (blob {key >> 56}, ci {(key >> 32) & 0xFF_FFFF}, blk {key & 0xFFFF_FFFF})"  # §14
                 " has no chunk-table entry",
                 owner(i),
             )

@@ -343,27 +343,28 @@ def _patch(data: bytes, offset: int, raw: bytes) -> bytes:
 
 
 CORRUPTIONS = [
-    ("§15.1", lambda d: d[:4096]),
-    ("§15.3a", lambda d: d + b"\0" * 100),
-    ("§15.3c", lambda d: _patch(d, 0x404, b"\x01")),
-    ("§15.3k", lambda d: _patch(d, 0x450, b"\x0d")),
-    ("§15.4c", lambda d: _patch(d, 0x494, (3000).to_bytes(4, "little"))),
-    ("§15.5", lambda d: _patch(d, 0x481, b"\x03")),
-    ("§15.7b", lambda d: _patch(d, 0x1000 + 64, b"\x01")),
-    ("§15.7h", lambda d: _patch(d, 0x1000 + 84, b"\x20")),
-    ("§15.8", lambda d: _patch(d, 0x40E, b"\xff\xff")),
-    ("§15.9", lambda d: _patch(d, 0x3000, b"\x15")),
-    ("§15.10", lambda d: _patch(d, 0x3040 + 8, b"\x0d")),
-    ("§15.13", lambda d: _patch(d, 0x3000 + 133 * 32 - 128 * 32 + 64 + 2, b"\x02")),
-    ("§14", lambda d: _patch(d, 0x4A0, (80).to_bytes(8, "little"))),
+    ("too-small", "nydusd needs at least", lambda d: d[:4096]),
+    ("size-multiple", "file size is not a multiple of 4096", lambda d: d + b"\0" * 100),
+    ("checksum", "s_checksum must be 0", lambda d: _patch(d, 0x404, b"\x01")),
+    ("incompat", "s_feature_incompat", lambda d: _patch(d, 0x450, b"\x0d")),
+    ("chunk-size", "chunk size 0xbb8 invalid", lambda d: _patch(d, 0x494, (3000).to_bytes(4, "little"))),
+    ("super-flags", "unknown superblock flags", lambda d: _patch(d, 0x481, b"\x03")),
+    ("blob-index", "blob_index differs from its position", lambda d: _patch(d, 0x1000 + 64, b"\x01")),
+    ("aligned", "blob lacks the ALIGNED feature", lambda d: _patch(d, 0x1000 + 84, b"\x20")),
+    ("inode-outside", "outside the file", lambda d: _patch(d, 0x40E, b"\xff\xff")),
+    ("i_format", "i_format", lambda d: _patch(d, 0x3000, b"\x15")),
+    ("dirent", "e_nameoff", lambda d: _patch(d, 0x3040 + 8, b"\x0d")),
+    ("device-id", "chunk address with device id", lambda d: _patch(d, 0x3000 + 133 * 32 - 128 * 32 + 64 + 2, b"\x02")),
+    ("chunk-table", "has no chunk-table entry", lambda d: _patch(d, 0x4A0, (80).to_bytes(8, "little"))),
 ]
 
 
-@pytest.mark.parametrize(("check", "corrupt"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
-def test_corruptions_name_the_check(fixture_bytes, check, corrupt):
+@pytest.mark.parametrize(("name", "says", "corrupt"), CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_corruptions_name_the_check(fixture_bytes, name, says, corrupt):
     with pytest.raises(RafsFormatError) as err:
         v6.load(corrupt(fixture_bytes), "bad.boot")
-    assert err.value.path == "bad.boot" and err.value.check.startswith(check), err.value.check
+    assert err.value.path == "bad.boot" and says in err.value.check, err.value.check
+    assert "§" not in str(err.value)
 
 
 def _tiny_model() -> Bootstrap:
