@@ -31,6 +31,7 @@ from nydus_compact.planner.fleet import ImageProjection, Union, project, unite
 from nydus_compact.planner.guard import plan_guard
 from nydus_compact.planner.layout import Layout, NewBlob, TableEntry, layout
 from nydus_compact.planner.plan import Plan
+from nydus_compact.planner.formatting import plural
 from nydus_compact.planner.review import decisions_from_plan, explain_lost, path_of_occurrence
 from nydus_compact.rafs.loader import dump_bootstrap, load_bootstrap
 from nydus_compact.rafs.model import BlobInfo, Bootstrap, empty_chunks
@@ -565,14 +566,14 @@ def _result_from_steps(run, done, digest, boots: dict[str, Path], prep: Prepared
     res = _result(run.id, run.resumes, written, digest, boots, prep, tables)
     res.status = "already-applied"
     outs = ", ".join(str(p) for p in boots.values())
-    res.message = f"already applied (run {run.id}); outputs checked: {len(written)} new blobs and {outs} are intact"
+    res.message = f"already applied (run {run.id}); outputs checked: {plural(len(written), 'new blob')} and {outs} are intact"
     return res
 
 
 def _summary(res: ApplyResult) -> str:
     verb = "resumed and applied" if res.status == "resumed" else "applied"
-    where = f"bootstrap {res.bootstrap}" if len(res.images) <= 1 else f"{len(res.images)} bootstraps"
+    where = f"bootstrap {res.bootstrap}" if len(res.images) <= 1 else plural(len(res.images), "bootstrap")
     return (
-        f"{verb}: {len(res.new_blobs)} new blobs, {len(res.kept_blobs)} kept, "
+        f"{verb}: {plural(len(res.new_blobs), 'new blob')}, {len(res.kept_blobs)} kept, "
         f"{len(res.deletable_blobs)} deletable; {where}"
     )

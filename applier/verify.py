@@ -11,6 +11,7 @@ import numpy as np
 
 from nydus_compact.backends.base import BlobBackend
 from nydus_compact.backends.errors import BackendError
+from nydus_compact.planner.formatting import human_size, plural
 from nydus_compact.rafs.blob import ChunkSource, VerifyStats
 from nydus_compact.rafs.model import Bootstrap
 from nydus_compact.store.db import Store
@@ -32,10 +33,11 @@ class VerifyReport:
 
     def summary(self, bootstrap: str) -> str:
         s = self.stats
-        state = "OK" if self.ok else f"FAILED ({s.problems} problem(s))"
+        state = "OK" if self.ok else f"FAILED ({plural(s.problems, 'problem')})"
         return (
-            f"verify {bootstrap}: {state}: {self.blobs} blobs, {s.checked} of {s.distinct} distinct chunks "
-            f"({s.occurrences} occurrences) checked, {s.bytes_read} bytes read"
+            f"verify {bootstrap}: {state}: {plural(self.blobs, 'blob')}, {s.checked} of "
+            f"{plural(s.distinct, 'distinct chunk')} ({plural(s.occurrences, 'occurrence')}) checked, "
+            f"{human_size(s.bytes_read)} read"
         )
 
 

@@ -1,6 +1,14 @@
 """The typer application every command module registers on."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import typer
+
+try:  # typer >= 0.20 vendors its own click; its exceptions are not click's
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on real click
+    import click.exceptions as click_exceptions
 
 app = typer.Typer(
     name="compact",
@@ -36,3 +44,13 @@ def _global_options(
 ) -> None:
     # --debug is taken off the command line by cli/main.py before typer sees it.
     pass
+
+
+@contextmanager
+def option_values(*errors: type[Exception]) -> Iterator[None]:
+    """Errors of ``errors`` types raised while reading option values are usage errors (exit 64),
+    whichever option it is and whether typer or the library found the value bad."""
+    try:
+        yield
+    except errors as exc:
+        raise click_exceptions.UsageError(str(exc)) from None

@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 
 from nydus_compact.planner.formatting import human_size
-from nydus_compact.safeio import is_stdout
 
 from .app import EXIT_ERROR, EXIT_OK, app
 
@@ -75,10 +74,10 @@ def apply_command(
     )
     with progress_bar(sys.stderr.isatty()) as progress:
         outcome = run_apply(req, progress)
-    to_stderr = is_stdout(output_json)  # stdout carries the JSON
-    typer.echo(outcome.result.message, err=to_stderr)
+    # Status lines: stdout carries only what was asked for (the JSON with --output-json -).
+    typer.echo(outcome.result.message, err=True)
     for bootstrap, report in outcome.verified:
-        typer.echo(report.summary(bootstrap), err=to_stderr)
+        typer.echo(report.summary(bootstrap), err=True)
         for p in report.problems:
             typer.echo(f"  {p}", err=True)
     return EXIT_OK if outcome.ok else EXIT_ERROR

@@ -87,7 +87,7 @@ def _verify(bs: Bootstrap, backend: LocalFsBackend) -> dict[str, Any]:
 def inspect_cmd(
     bootstrap: Annotated[Path, typer.Argument(help="RAFS v5 or v6 bootstrap file.", show_default=False)],
     blobs_dir: Annotated[
-        Path | None, typer.Option("--blobs-dir", help="Directory holding the blobs, named by blob id.")
+        Path | None, typer.Option("--blobs-dir", "-D", help="Directory holding the blobs, named by blob id.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of text.")] = False,
     chunks: Annotated[bool, typer.Option("--chunks", help="Also list every chunk of every file.")] = False,

@@ -10,11 +10,6 @@ import traceback
 
 import typer
 
-try:  # typer >= 0.20 vendors its own click; its exceptions are not click's
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover - older typer on real click
-    import click.exceptions as click_exceptions
-
 from nydus_compact.applier.errors import ApplyError
 from nydus_compact.backends.errors import BackendError
 from nydus_compact.mkimage.errors import BuildError
@@ -25,7 +20,7 @@ from nydus_compact.safeio.errors import SafeIOError
 from nydus_compact.store.errors import StoreError
 
 from . import commands  # noqa: F401  (registers the commands on the app)
-from .app import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, app
+from .app import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, app, click_exceptions
 
 USER_ERRORS = (
     RafsError, BackendError, BuildError, PlanError, StoreError, ApplyError, ReportError, SafeIOError, OSError

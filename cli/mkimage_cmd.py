@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from nydus_compact.mkimage.errors import BuildError
+from nydus_compact.planner.formatting import human_size, plural
 
-from .app import app
+from .app import app, option_values
 
 if TYPE_CHECKING:  # imported when the command runs (fast start-up)
     from nydus_compact.mkimage.builder import BuildResult
@@ -67,24 +68,21 @@ def mkimage_cmd(
     from nydus_compact.rafs.compression import Compressor
     from nydus_compact.rafs.digest import Digester
 
-    if compressor not in _COMPRESSORS:
-        raise BuildError(f"unknown compressor {compressor!r} (expected one of {', '.join(_COMPRESSORS)})")
-    try:
-        dig = Digester.from_label(digester)
-    except ValueError as exc:
-        raise BuildError(str(exc)) from None
-    opts = BuildOptions(
-        fs_version=fs_version,
-        chunk_size=parse_size(chunk_size),
-        compressor=Compressor.from_label(compressor),
-        digester=dig,
-        ci_version=ci_version,
-        blob_toc=blob_toc,
-        repeatable=repeatable,
-    )
-    opts.validate()
-    if sample == bool(layers):
-        raise BuildError("give either layer directories or --sample")
+    with option_values(BuildError, ValueError):
+        if compressor not in _COMPRESSORS:
+            raise BuildError(f"unknown compressor {compressor!r} (expected one of {', '.join(_COMPRESSORS)})")
+        opts = BuildOptions(
+            fs_version=fs_version,
+            chunk_size=parse_size(chunk_size),
+            compressor=Compressor.from_label(compressor),
+            digester=Digester.from_label(digester),
+            ci_version=ci_version,
+            blob_toc=blob_toc,
+            repeatable=repeatable,
+        )
+        opts.validate()
+        if sample == bool(layers):
+            raise BuildError("give either layer directories or --sample")
     for layer in layers or []:
         # The image would land in (and with --force replace files of) the tree being read.
         if layer.resolve() == output.resolve() or layer.resolve() in output.resolve().parents:
@@ -115,6 +113,6 @@ def _report(result: BuildResult, as_json: bool) -> None:
         doc = {"bootstrap": str(result.bootstrap_path), "fs_version": bs.version, "nodes": len(bs.nodes), "blobs": blobs}
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
-    typer.echo(f"bootstrap {result.bootstrap_path} (RAFS v{bs.version}, {len(bs.nodes)} nodes, {len(blobs)} blobs)")
+    typer.echo(f"bootstrap {result.bootstrap_path} (RAFS v{bs.version}, {plural(len(bs.nodes), 'node')}, {plural(len(blobs), 'blob')})", err=True)
     for blob in blobs:
-        typer.echo(f"blob {blob['path']} ({blob['chunk_count']} chunks, {blob['compressed_size']} bytes)")
+        typer.echo(f"blob {blob['path']} ({plural(blob['chunk_count'], 'chunk')}, {human_size(blob['compressed_size'])})", err=True)

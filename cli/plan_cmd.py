@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from nydus_compact.planner.formatting import human_size, limit_line, summary_line
+from nydus_compact.planner.formatting import human_size, limit_line, plural, summary_line
 from nydus_compact.safeio import OutputGuard, is_stdout
 from nydus_compact.store import default_state
 
-from .app import EXIT_CHANGES, EXIT_OK, app
+from .app import EXIT_CHANGES, EXIT_OK, app, option_values
 
 # Each command imports what it needs when it runs: `compact --help` and `compact show` must not
 # pay for numpy, SQLite or the backends (issue 11, bench/startup.py).
@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from nydus_compact.backends.config import BackendConfig
     from nydus_compact.planner.config import CompactConfig
     from nydus_compact.planner.plan import Plan
+
+
+def warning(message: str) -> None:
+    typer.echo(f"compact: warning: {message}", err=True)
 
 
 @contextmanager
@@ -66,23 +70,31 @@ def parse_chunk_dict(arg: str | None) -> Path | None:
     return Path(path)
 
 
+def usage_of_backend(
+    blobs_dir: Path | None, backend_config: Path | None, backend_type: str | None, cfg: CompactConfig
+) -> None:
+    """Raise ConfigError when the options naming the blobs do not fit together."""
+    from nydus_compact.planner.errors import ConfigError
+
+    if blobs_dir is not None and backend_config is not None:
+        raise ConfigError("--blobs-dir and --backend-config are exclusive: give one")
+    if backend_config is None and backend_type is not None:
+        raise ConfigError("--backend-type needs --backend-config FILE")
+    if backend_config is None and blobs_dir is None and not cfg.blobs_dir:
+        raise ConfigError("where are the blobs? give --blobs-dir DIR or --backend-config FILE")
+
+
 def resolve_backend(
     blobs_dir: Path | None, backend_config: Path | None, backend_type: str | None, cfg: CompactConfig
 ) -> BackendConfig:
     from nydus_compact.backends.config import load_backend_config, localfs_config
     from nydus_compact.planner.errors import ConfigError
 
-    if blobs_dir is not None and backend_config is not None:
-        raise ConfigError("--blobs-dir and --backend-config are exclusive: give one")
+    with option_values(ConfigError):
+        usage_of_backend(blobs_dir, backend_config, backend_type, cfg)
     if backend_config is not None:
         return load_backend_config(backend_config, backend_type)
-    if backend_type is not None:
-        raise ConfigError("--backend-type needs --backend-config FILE")
-    if blobs_dir is None and cfg.blobs_dir:
-        blobs_dir = Path(cfg.blobs_dir)
-    if blobs_dir is None:
-        raise ConfigError("where are the blobs? give --blobs-dir DIR or --backend-config FILE")
-    return localfs_config(blobs_dir)
+    return localfs_config(blobs_dir if blobs_dir is not None else Path(cfg.blobs_dir or "."))
 
 
 @app.command("plan")
@@ -131,30 +143,33 @@ def plan_command(
     """
     from nydus_compact.backends.config import local_blob_places, open_backend
     from nydus_compact.planner.config import CompactConfig, load_config_file, merge
-    from nydus_compact.planner.errors import UsageError
-    from nydus_compact.planner.flags import Flags
+    from nydus_compact.planner.errors import ConfigError, PlanError, UsageError
+    from nydus_compact.planner.flags import V6_KEYS, Flags
     from nydus_compact.planner.pipeline import PlanInputs, make_plan
     from nydus_compact.planner.planfile import render, write_plan
     from nydus_compact.store.db import open_store
 
-    cfg = load_config_file(config) if config is not None else CompactConfig()
-    cfg = merge(
-        cfg,
-        {
-            "min_used_ratio": min_used_ratio,
-            "compact_blob_size": compact_blob_size,  # merge() parses sizes and names the flag
-            "max_compact_size": max_compact_size,
-            "layers_to_compact": layers_to_compact,
-            "max_blobs": max_blobs,
-        },
-    )
-    if upstream_oracle and cfg.max_blobs is not None:
-        raise UsageError("--max-blobs is a tool-mode improvement: it cannot be combined with --upstream-oracle")
-    base = Flags.upstream_oracle() if upstream_oracle else Flags.tool_default()
-    flags = Flags(**{**base.describe(), "i1_drop_unused_dict_blobs": drop_unused_dict_blobs,
-                     "ratio_u8_wrap": ratio_u8_wrap, "v6_key": v6_key})
+    cfg = load_config_file(config, warn=warning) if config is not None else CompactConfig()
+    with option_values(PlanError):
+        cfg = merge(
+            cfg,
+            {
+                "min_used_ratio": min_used_ratio,
+                "compact_blob_size": compact_blob_size,  # merge() parses sizes and names the flag
+                "max_compact_size": max_compact_size,
+                "layers_to_compact": layers_to_compact,
+                "max_blobs": max_blobs,
+            },
+        )
+        if upstream_oracle and cfg.max_blobs is not None:
+            raise UsageError("--max-blobs is a tool-mode improvement: it cannot be combined with --upstream-oracle")
+        if v6_key not in V6_KEYS:
+            raise ConfigError(f"--v6-key: expected one of {', '.join(V6_KEYS)}, got {v6_key!r}")
+        base = Flags.upstream_oracle() if upstream_oracle else Flags.tool_default()
+        flags = Flags(**{**base.describe(), "i1_drop_unused_dict_blobs": drop_unused_dict_blobs,
+                         "ratio_u8_wrap": ratio_u8_wrap, "v6_key": v6_key})
+        dict_path = parse_chunk_dict(chunk_dict)
     bcfg = resolve_backend(blobs_dir, backend_config, backend_type, cfg)
-    dict_path = parse_chunk_dict(chunk_dict)
     inputs = PlanInputs(bootstraps, dict_path, bcfg, cfg, flags, new_bootstrap)
     state_path = state or default_state(output)
     guard = plan_command_guard(bootstraps, dict_path, bcfg, [config, backend_config])
@@ -178,10 +193,10 @@ def plan_command(
         if (line := limit_line(plan)) is not None:
             typer.echo(line, err=True)
     else:
-        typer.echo(summary_line(plan))
+        typer.echo(summary_line(plan), err=True)
         if (line := limit_line(plan)) is not None:
-            typer.echo(line)
-        typer.echo(f"plan written to {output}")
+            typer.echo(line, err=True)
+        typer.echo(f"plan written to {output}", err=True)
     if detailed_exitcode and plan.summary.changes:
         return EXIT_CHANGES
     return EXIT_OK
@@ -234,7 +249,7 @@ def render_show(plan: Plan, recorded: str | None) -> str:
         g = groups.get(entry)
         if g is not None:
             members = ", ".join(str(m) for m in g.members)
-            lines.append(f"  {i:>3}  new blob {g.name:<6} {human_size(g.compressed_size):>10}  {g.chunk_count} chunks from [{members}]")
+            lines.append(f"  {i:>3}  new blob {g.name:<6} {human_size(g.compressed_size):>10}  {plural(g.chunk_count, 'chunk')} from [{members}]")
         else:
             lines.append(f"  {i:>3}  {entry[:12]}..  kept")
     if plan.deletable:

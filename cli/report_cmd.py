@@ -9,7 +9,7 @@ import typer
 
 from nydus_compact.reports.errors import ReportError
 
-from .app import EXIT_ERROR, EXIT_OK, app
+from .app import EXIT_ERROR, EXIT_OK, app, click_exceptions
 
 if TYPE_CHECKING:
     from nydus_compact.safeio import OutputGuard
@@ -52,7 +52,7 @@ def report_command(
     if fmt is None:
         fmt = "html" if output is not None and output.suffix.lower() in (".html", ".htm") else "md"
     if fmt not in FORMATS:
-        raise ReportError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise click_exceptions.BadParameter(f"expected one of {', '.join(FORMATS)}, got {fmt!r}", param_hint="'--format'")
     with report_views(plan_file, state, run_id) as (view, run, store):
         if output is not None and not is_stdout(output):
             _report_guard(plan_file, store.path if store is not None else state).output(output, "the report (-o)")
@@ -67,7 +67,9 @@ def report_command(
 
 @app.command("explain")
 def explain_command(
-    blob_id: str = typer.Argument(..., help="Blob id, or a unique prefix of at least 8 characters."),
+    blob_id: str = typer.Argument(
+        ..., help="Blob id (a source blob, or a new blob apply wrote), a unique prefix of at least 8 characters, or a group (g0)."
+    ),
     plan_file: Path | None = typer.Option(None, "--plan", help="Plan file (default: ./plan.yaml if there is no --state)."),
     state: Path | None = typer.Option(None, "--state", help="State store; alone, explains the plan of its latest apply run."),
     top: int = typer.Option(10, "--top", min=1, help="How many referencing files to list."),
@@ -81,7 +83,14 @@ def explain_command(
         compact explain 89db322f --plan plan.yaml --top 5
     """
     from nydus_compact.planner.planfile import load_plan
-    from nydus_compact.reports.explain import explain, plan_images, recorded_images, render_explanation
+    from nydus_compact.reports.explain import (
+        explain,
+        find_new_blob,
+        plan_images,
+        recorded_images,
+        render_explanation,
+        render_new_blob,
+    )
     from nydus_compact.reports.views import report_views
 
     if plan_file is None and state is None:
@@ -91,6 +100,10 @@ def explain_command(
     with report_views(plan_file, state, None) as (view, run, store):
         if view is None:
             raise ReportError(f"{state}: the plan of the latest apply run is not recorded; pass --plan PLAN.yaml")
+        new = find_new_blob(view, run, blob_id)
+        if new is not None:
+            typer.echo(render_new_blob(new))
+            return EXIT_OK
         # A fleet plan is answered per image: from the plan file's referenced_by, else from the store.
         images = plan_images(load_plan(plan_file)[0]) if plan_file is not None else recorded_images(store, view.digest)
         typer.echo(render_explanation(explain(view, blob_id, store, top, run, images)))
@@ -100,7 +113,9 @@ def explain_command(
 @app.command("demo")
 def demo_command(
     directory: Path = typer.Argument(..., help="Empty (or new) directory to write everything into."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty directory."),
+    force: bool = typer.Option(
+        False, "--force", help="Start over in a non-empty directory: the demo's files there are written afresh."
+    ),
 ) -> int:
     """Build the bundled multi-layer sample image (RAFS v6, 64 KiB chunks), plan a compaction that
     keeps, rebuilds, merges and deletes blobs, apply it, verify the new image, and write the plan,

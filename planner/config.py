@@ -75,6 +75,8 @@ def _show(value: object) -> str:
 
 _KEYS = frozenset(f.name for f in fields(CompactConfig))
 _SIZE_KEYS = frozenset({"compact_blob_size", "max_compact_size"})
+# Not compactor settings, but expected in the file: the `"version": 2` of the v2 config form.
+_IGNORED_KEYS = frozenset({"version"})
 
 
 def parse_size(text: str) -> int:
@@ -92,8 +94,12 @@ def parse_size(text: str) -> int:
     return int(amount)
 
 
-def load_config_file(path: str | Path) -> CompactConfig:
-    """Read a compact config JSON file; every problem is a ConfigError naming the file (and key)."""
+def load_config_file(path: str | Path, warn: Callable[[str], None] | None = None) -> CompactConfig:
+    """Read a compact config JSON file; every problem is a ConfigError naming the file (and key).
+
+    Keys nydus-image does not know are ignored as upstream ignores them, but ``warn`` is told
+    about each one: a misspelt ``min_used_ration`` would otherwise silently change nothing.
+    """
     name = str(path)
     try:
         text = Path(path).read_bytes().decode("utf-8")
@@ -107,6 +113,10 @@ def load_config_file(path: str | Path) -> CompactConfig:
         raise ConfigError(f"{name}: invalid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{name}: expected a JSON object, got {type(doc).__name__}")
+    if warn is not None:
+        for key in doc:
+            if key not in _KEYS and key not in _IGNORED_KEYS:
+                warn(f"{name}: unknown key {key!r} ignored (known: {', '.join(sorted(_KEYS))})")
     return _build(CompactConfig(), {k: v for k, v in doc.items() if k in _KEYS}, lambda key: f"{name}: {key}")
 
 

@@ -23,12 +23,17 @@ def human_size(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``n`` with the noun in the number it takes: 1 new blob, 2 new blobs, 0 new blobs."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def summary_line(plan: Plan) -> str:
     s = plan.summary
     if not s.changes:
         return f"No changes: {s.noop_reason}."
     return (
-        f"{s.blobs_before} blobs -> {s.blobs_after} ({s.new_blobs} new); "
+        f"{plural(s.blobs_before, 'blob')} -> {s.blobs_after} ({s.new_blobs} new); "
         f"read {human_size(s.bytes_to_read)}, write {human_size(s.bytes_to_write)}, "
         f"reclaimable {human_size(s.reclaimable_bytes)}."
     )

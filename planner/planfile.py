@@ -118,12 +118,12 @@ def load_plan(path: Path) -> tuple[Plan, str | None]:
     except OSError as exc:
         raise PlanFileError(f"{path}: cannot read plan: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
-        raise PlanFileError(f"{path}: not a UTF-8 text file") from None
+        raise PlanFileError(f"{path}: not a plan: binary data, while a plan is the YAML text `compact plan` writes") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise PlanFileError(f"{path}: not valid YAML{where}: {problem}") from None
+        raise PlanFileError(f"{path}: not a plan: not valid YAML{where}: {problem}") from None
     except RecursionError:  # the composer builds nested collections recursively
         raise PlanFileError(f"{path}: not a plan: collections nested too deeply") from None
     plan, recorded = plan_from_data(raw, str(path))
@@ -134,6 +134,8 @@ def load_plan(path: Path) -> tuple[Plan, str | None]:
 def plan_from_data(raw: object, source: str) -> tuple[Plan, str | None]:
     if not isinstance(raw, dict):
         raise PlanFileError(f"{source}: not a nydus-compact plan (expected a mapping at the top)")
+    if "format" not in raw:
+        raise PlanFileError(f"{source}: not a nydus-compact plan (it has no `format: {FORMAT}` line)")
     if raw.get("format") != FORMAT:
         raise PlanFileError(f"{source}: format: expected {FORMAT!r}, got {raw.get('format')!r}")
     data = dict(raw)

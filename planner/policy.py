@@ -292,7 +292,7 @@ def decide(facts: Facts, cfg: CompactConfig, flags: Flags, resolution: Resolutio
     # compacted whatever layers_to_compact says: the limit is the stronger request.
     over_limit = cfg.max_blobs is not None and n_e > cfg.max_blobs
     if n_e < cfg.layers_to_compact and not over_limit:
-        reason = f"{n_e} blobs, fewer than layers_to_compact {cfg.layers_to_compact}"
+        reason = f"{n_e} blob{'' if n_e == 1 else 's'}, fewer than layers_to_compact {cfg.layers_to_compact}"
         return Decisions(facts.version, flags, (), (), (), reason)
     res = resolution if resolution is not None and resolution.fits(facts, flags) else resolve(facts, flags)
     E = res.ext.blobs

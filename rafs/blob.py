@@ -234,7 +234,8 @@ class ChunkSource:
             except BackendError as exc:
                 report(str(exc))
         if self.stats.problems > len(problems):
-            problems.append(f"... and {self.stats.problems - len(problems)} more problem(s)")
+            more = self.stats.problems - len(problems)
+            problems.append(f"... and {more} more problem{'' if more == 1 else 's'}")
         return problems
 
     def _blob_meta_problems(self, blob: BlobInfo, rows: np.ndarray, blob_size: int) -> Iterator[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nydus_compact.planner.formatting import human_size
+from nydus_compact.planner.formatting import human_size, plural
 
 from .views import PlanView
 
@@ -96,9 +96,9 @@ def size_chart(plan: PlanView) -> Chart:
     sections: list[Section] = []
     y = float(TOP)
     panels = (
-        (f"before: {len(before)} blobs, {human_size(plan.bytes_before)}",
+        (f"before: {plural(len(before), 'blob')}, {human_size(plan.bytes_before)}",
          [(_label(b.index, b.blob_id), b.size, b.decision, b.blob_id) for b in before]),
-        (f"after: {len(plan.new_table)} blobs, {human_size(plan.bytes_after)}",
+        (f"after: {plural(len(plan.new_table), 'blob')}, {human_size(plan.bytes_after)}",
          [(f"[{e.new_index}] new {e.group}", e.size, "new", f"new blob {e.group}") if e.blob_id is None
           else (_label(e.new_index, e.blob_id), e.size, "keep", e.blob_id) for e in plan.new_table]),
     )

@@ -15,7 +15,7 @@ from nydus_compact.planner.config import CompactConfig
 from nydus_compact.planner.flags import Flags
 from nydus_compact.planner.pipeline import PlanInputs, make_plan
 from nydus_compact.planner.plan import Plan
-from nydus_compact.planner.formatting import human_size, summary_line
+from nydus_compact.planner.formatting import human_size, plural, summary_line
 from nydus_compact.planner.planfile import write_plan
 from nydus_compact.rafs.loader import load_bootstrap
 from nydus_compact.safeio import atomic_write_text
@@ -51,7 +51,7 @@ class DemoResult:
         p = self.plan
         reclaim = human_size(p.summary.reclaimable_bytes)
         return [
-            f"image      {self.bootstrap} (RAFS v{p.images[0].rafs_version}, {p.summary.blobs_before} blobs in {self.blobs_dir})",
+            f"image      {self.bootstrap} (RAFS v{p.images[0].rafs_version}, {plural(p.summary.blobs_before, 'blob')} in {self.blobs_dir})",
             f"plan       {self.plan_path}: {summary_line(p)}",
             f"state      {self.state}",
             f"applied    {self.new_bootstrap}: {self.applied.message}",
@@ -59,7 +59,7 @@ class DemoResult:
             f"verify     {self.verified.summary(str(self.new_bootstrap))}",
             f"report     {self.report_md}",
             f"report     {self.report_html}",
-            f"deletable  {len(p.deletable)} blobs ({reclaim}) once {self.bootstrap} is retired: "
+            f"deletable  {plural(len(p.deletable), 'blob')} ({reclaim}) once {self.bootstrap} is retired: "
             f"compact gc --keep {self.new_bootstrap} --blobs-dir {self.blobs_dir}",
         ]
 
@@ -75,13 +75,17 @@ def write_reports(store: Store, plan: Plan, plan_path: Path, out_md: Path, out_h
 def run_demo(out: Path, *, force: bool = False, clock: Clock = utc_now) -> DemoResult:
     """Build the sample, plan, apply, verify and report into ``out``; ``clock`` stamps the store."""
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
-        raise ReportError(f"{out}: exists and is not an empty directory (use --force to write into it)")
+        raise ReportError(f"{out}: exists and is not an empty directory (use --force to start over in it)")
     out.mkdir(parents=True, exist_ok=True)
+    state = out / "plan.state.sqlite"
+    if force:  # the store is the demo's only memory: without it everything below is done afresh
+        for leftover in (state, state.with_name(state.name + "-wal"), state.with_name(state.name + "-shm")):
+            leftover.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="compact-demo-") as tmp:
         built = build_image(make_sample_layers(Path(tmp)), out / "image", DEMO_BUILD)
     bootstrap = built.bootstrap_path
     blobs_dir = bootstrap.parent / "blobs"
-    plan_path, state = out / "plan.yaml", out / "plan.state.sqlite"
+    plan_path = out / "plan.yaml"
     apply_json = out / "apply.json"
     bcfg = localfs_config(blobs_dir)
     with open_backend(bcfg) as backend, open_store(state, clock=clock) as store:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nydus_compact.planner.plan import Plan
-from nydus_compact.planner.formatting import human_size
+from nydus_compact.planner.formatting import human_size, plural
 from nydus_compact.planner.vocab import KEPT_ACTIONS
 from nydus_compact.store.db import Store
 from nydus_compact.store.index import find_image, load_blobs, load_image, nodes_referencing
@@ -86,6 +86,59 @@ def find_blob(plan: PlanView, query: str) -> BlobRow:
     return next(iter(ids.values()))
 
 
+@dataclass
+class NewBlobExplanation:
+    """A blob the plan makes: its group, the source blobs it is made from, and what apply wrote."""
+
+    group: GroupRow
+    plan: PlanView
+    sources: list[BlobRow]
+    step: StepRow | None  # the apply step that wrote it, when a run is at hand
+    run: RunView | None
+
+
+def find_new_blob(plan: PlanView, run: RunView | None, query: str) -> NewBlobExplanation | None:
+    """The new blob ``query`` names (its group, ``new:g0``, or the id apply gave it), when it names
+    no source blob: a source blob of the same id (a rebuild that changed nothing) wins."""
+    query = query.strip().lower()
+    if any(b.blob_id.lower().startswith(query) for b in plan.blobs) and len(query) >= MIN_PREFIX:
+        return None
+    steps = {s.key.removeprefix("blob:"): s for s in run.steps if s.key.startswith("blob:")} if run else {}
+    for g in plan.groups:
+        step = steps.get(g.name)
+        written = step.blob_id.lower() if step is not None and step.blob_id else None
+        if query in (g.name, f"new:{g.name}") or (
+            written and (written == query or (len(query) >= MIN_PREFIX and written.startswith(query)))
+        ):
+            by_index = {b.index: b for b in plan.blobs}
+            sources = [by_index[m] for m in g.members if m in by_index]
+            return NewBlobExplanation(g, plan, sources, step, run)
+    return None
+
+
+def render_new_blob(e: NewBlobExplanation) -> str:
+    g, plan = e.group, e.plan
+    written = (
+        f"written by apply run {e.run.id} ({human_size(e.step.size)}, sha256 {e.step.sha256})"
+        if e.step is not None and e.step.blob_id and e.run is not None
+        else "not written yet (apply the plan)"
+    )
+    lines = [
+        f"blob {e.step.blob_id if e.step is not None and e.step.blob_id else 'new:' + g.name}",
+        f"  new blob    {g.name}, made by the plan: a new blob, not one of the source blobs",
+        f"  plan        {plan.digest} ({plan.source})",
+        f"  index       [{g.new_index}] of the new blob table, in the turn of source blob [{g.target}]",
+        f"  holds       {plural(g.chunk_count, 'chunk')}, {human_size(g.compressed_size)} of data, "
+        f"read in {plural(g.read_requests, 'request')}",
+        f"  apply       {written}",
+        f"made from the used chunks of {plural(len(e.sources), 'source blob')}:",
+    ]
+    for b in e.sources:
+        lines.append(f"  [{b.index}] {b.blob_id}  {b.decision} ({b.reason}): {b.why}")
+    lines.append("files: see `compact explain` of each source blob above")
+    return "\n".join(lines)
+
+
 def referencing_files(store: Store, image_id: int, blob_id: str, top: int) -> list[tuple[str, int]]:
     """Up to ``top`` files whose chunks live in ``blob_id``, largest share first."""
     table = load_blobs(store, image_id)
@@ -138,7 +191,7 @@ def _after(e: Explanation) -> str:
         members = ", ".join(f"[{m}]" for m in g.members)
         text = (
             f"its used chunks move to new blob {g.name} at index {g.new_index} "
-            f"({human_size(g.compressed_size)} of data, {g.chunk_count} chunks from {members})"
+            f"({human_size(g.compressed_size)} of data, {plural(g.chunk_count, 'chunk')} from {members})"
         )
         step = next((s for s in e.run.steps if s.key == f"blob:{g.name}"), None) if e.run else None
         if step is not None and step.blob_id:
@@ -184,7 +237,7 @@ def _render_files(files: list[tuple[str, int]], indent: str) -> list[str]:
 def _render_images(e: Explanation) -> list[str]:
     if not e.images:
         return [f"images: none of the {e.fleet_size} images references its chunks"]
-    lines = [f"images using its chunks ({len(e.images)} of {e.fleet_size}; top {e.top} files of each by bytes):"]
+    lines = [f"images using its chunks ({len(e.images)} of {e.fleet_size}; top {plural(e.top, 'file')} of each by bytes):"]
     for im in e.images:
         if im.used_bytes is None:
             lines.append(f"  {im.path}: uses its chunks (bytes per image: see the plan file)")

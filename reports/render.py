@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from nydus_compact.planner.formatting import human_size
+from nydus_compact.planner.formatting import human_size, plural
 from nydus_compact.templates import environment
 
 from .charts import ratio_chart, size_chart
@@ -41,6 +41,7 @@ def seconds(value: float | None) -> str:
 def _environment(autoescape: bool) -> jinja2.Environment:
     filters = dict(
         human=human_size,
+        plural=plural,
         md=md,
         code=code,
         rate=rate,

@@ -162,7 +162,7 @@ def test_nothing_is_lost(layers, dict_layer, tmp_path, version, scenario):
     r = cli("apply", image.plan, "--verify", "--output-json", out_json)
 
     assert r.rc == 0, r.err
-    assert r.out.startswith("applied: ") and f"verify {image.new_boot}: OK" in r.out
+    assert r.out == "" and r.err.startswith("applied: ") and f"verify {image.new_boot}: OK" in r.err
     old, new = load_bootstrap(image.boot), load_bootstrap(image.new_boot)
     served = serve_only_table(new, image.blobs, tmp_path / "served")
     assert_same_files(old, image.blobs, new, served)
@@ -275,7 +275,7 @@ def test_rerun_is_a_noop_and_repairs_a_deleted_blob(layers, tmp_path, version):
     r = cli("apply", image.plan, "--output-json", out_json)
 
     assert r.rc == 0, r.err
-    assert r.out.startswith("already applied") and "intact" in r.out
+    assert r.err.startswith("already applied") and "intact" in r.err
     for path, st in outputs.items():  # nothing rewritten
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == (st.st_ino, st.st_mtime_ns), path
 
@@ -283,14 +283,14 @@ def test_rerun_is_a_noop_and_repairs_a_deleted_blob(layers, tmp_path, version):
     out_json.unlink()
     r = cli("apply", image.plan, "--output-json", out_json)
 
-    assert r.rc == 0 and r.out.startswith("already applied"), r.out + r.err
+    assert r.rc == 0 and r.err.startswith("already applied"), r.out + r.err
     assert out_json.read_bytes() == doc  # a requested output is there again, identical
 
     (image.blobs / new_ids[-1]).unlink()
     r = cli("apply", image.plan, "--output-json", out_json)
 
     assert r.rc == 0, r.err
-    assert not r.out.startswith("already applied")
+    assert not r.err.startswith("already applied")
     assert (image.blobs / new_ids[-1]).read_bytes() == blob_bytes[new_ids[-1]]
     assert load_bootstrap(image.new_boot).blobs == new.blobs
     assert cli("verify", image.new_boot, "--blobs-dir", image.blobs).rc == 0
@@ -306,7 +306,7 @@ def test_rerun_rewrites_a_damaged_bootstrap(layers, tmp_path):
     r = cli("apply", image.plan)
 
     assert r.rc == 0, r.err
-    assert not r.out.startswith("already applied")
+    assert not r.err.startswith("already applied")
     assert image.new_boot.read_bytes() == good
 
 
@@ -334,7 +334,7 @@ def test_plan_without_changes_writes_nothing(tmp_path):
     r = cli("apply", d / "plan.yaml", "--output-json", tmp_path / "result.json")
 
     assert r.rc == 0, r.err
-    assert r.out.startswith("nothing to do")
+    assert r.err.startswith("nothing to do")
     assert sorted(p.name for p in d.iterdir()) == before
     assert not (tmp_path / "result.json").exists()
 
@@ -348,7 +348,7 @@ def test_new_blobs_can_go_to_another_dir(layers, tmp_path):
 
     r = cli("apply", image.plan, "--blobs-dir", out, "--verify", "-J", tmp_path / "result.json")
 
-    assert r.rc == 0 and ": OK: " in r.out, r.out + r.err
+    assert r.rc == 0 and ": OK: " in r.err, r.out + r.err
     doc = json.loads((tmp_path / "result.json").read_text())
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
         b["blob_id"] for b in doc["new_blobs"]
@@ -374,7 +374,7 @@ def test_an_edited_plan_that_keeps_every_chunk_applies(layers, tmp_path):
     r = cli("apply", image.plan, "--verify", "-J", tmp_path / "result.json")
 
     assert r.rc == 0, r.err
-    assert "the plan was edited after `compact plan`; its decisions were re-validated" in r.out
+    assert "the plan was edited after `compact plan`; its decisions were re-validated" in r.err
     doc = json.loads((tmp_path / "result.json").read_text())
     assert [b["group"] for b in doc["new_blobs"]] == ["g0"]
     assert doc["kept_blobs"] == [src.blobs[i].blob_id for i in (1, 3, 4)]
@@ -559,7 +559,7 @@ def test_refuses_while_another_apply_holds_the_lock(layers, tmp_path):
         (None, "cannot read plan"),
         (b"format: [unclosed\n", "not valid YAML"),
         (b"- just\n- a list\n", "not a nydus-compact plan"),
-        (b"\xff\xfe\x00garbage", "not a UTF-8 text file"),
+        (b"\xff\xfe\x00garbage", "not a plan: binary data"),
         (b"format: nydus-compact-plan/1\nimages: 3\n", "plan"),
     ],
 )

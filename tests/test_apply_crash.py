@@ -110,14 +110,14 @@ def test_killed_apply_resumes_to_identical_outputs(workspace, uninterrupted, fau
     resumed = workspace.apply()
 
     assert resumed.rc == 0, resumed.err
-    assert resumed.out.startswith("resumed and applied: "), resumed.out
+    assert resumed.err.startswith("resumed and applied: "), resumed.err
     assert leftovers(workspace.root) == []
     assert workspace.outputs() == uninterrupted
     after = file_hashes(ws.blobs)
     assert {k: after[k] for k in sources} == sources  # source blobs never touched
     # The store now records a finished run: a third run is a no-op.
     again = cli("apply", ws.plan, "--jobs", "1", "--output-json", workspace.result_json)
-    assert again.rc == 0 and again.out.startswith("already applied"), again.out + again.err
+    assert again.rc == 0 and again.err.startswith("already applied"), again.out + again.err
 
 
 def test_killed_twice_still_resumes(workspace, uninterrupted):
@@ -127,7 +127,7 @@ def test_killed_twice_still_resumes(workspace, uninterrupted):
 
     resumed = workspace.apply()
 
-    assert resumed.rc == 0 and resumed.out.startswith("resumed and applied: "), resumed.out + resumed.err
+    assert resumed.rc == 0 and resumed.err.startswith("resumed and applied: "), resumed.out + resumed.err
     assert leftovers(workspace.root) == []
     assert workspace.outputs() == uninterrupted
 

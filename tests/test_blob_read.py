@@ -193,7 +193,7 @@ def test_problem_limit(tmp_path: Path) -> None:
         problems = ChunkSource(bs, backend).verify(limit=5)
     # 22 of the 23 chunks fail: chunk 13 is a MiB of zeros (the hole files) and still matches.
     assert len(problems) == 6
-    assert problems[-1] == "... and 17 more problem(s)"
+    assert problems[-1] == "... and 17 more problems"
 
 
 def test_read_chunks_coalesces_and_reports_positions() -> None:

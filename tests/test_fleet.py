@@ -428,7 +428,7 @@ def workspace(layers, tmp_path_factory) -> Workspace:
 def uninterrupted(workspace) -> dict[str, bytes]:
     workspace.reset()
     r = workspace.apply()
-    assert r.rc == 0 and r.out.startswith("applied: 2 new blobs"), r.out + r.err
+    assert r.rc == 0 and r.err.startswith("applied: 2 new blobs"), r.out + r.err
     return workspace.outputs()
 
 
@@ -443,8 +443,8 @@ def test_killed_fleet_apply_resumes_to_identical_outputs(workspace, uninterrupte
 
     resumed = workspace.apply()
 
-    assert resumed.rc == 0 and resumed.out.startswith("resumed and applied: "), resumed.out + resumed.err
-    assert resumed.out.rstrip().endswith(f"{N_IMAGES} bootstraps")
+    assert resumed.rc == 0 and resumed.err.startswith("resumed and applied: "), resumed.out + resumed.err
+    assert resumed.err.rstrip().endswith(f"{N_IMAGES} bootstraps")
     assert sorted(workspace.family.root.rglob(TMP_PREFIX + "*")) == []
     assert workspace.outputs() == uninterrupted
 
@@ -483,7 +483,7 @@ def test_explain_per_image_from_the_state_store_alone(compacted):
     c = compacted
     r = cli("explain", c.fleet.base_blob, "--state", c.fleet_plan.with_name("fleet.state.sqlite"), "--top", "1")
     assert r.rc == 0, r.err
-    lines = r.out.split("images using its chunks (5 of 5; top 1 files of each by bytes):\n")[1].splitlines()
+    lines = r.out.split("images using its chunks (5 of 5; top 1 file of each by bytes):\n")[1].splitlines()
     assert lines[0::2] == [f"  {b}: uses its chunks (bytes per image: see the plan file)" for b in c.fleet.boots]
     assert all(line.split()[-1].startswith("/opt/base/") for line in lines[1::2])
 

@@ -601,7 +601,7 @@ def test_e6_fixture_rows() -> None:
     assert len(facts.chunks) == 29
 
     gated = decide(facts, CompactConfig(min_used_ratio=5, layers_to_compact=32), TOOL)
-    assert gated.noop_reason == "1 blobs, fewer than layers_to_compact 32"
+    assert gated.noop_reason == "1 blob, fewer than layers_to_compact 32"
 
     d, lay = plan(facts, CompactConfig(), ORACLE)
     assert [b.action for b in d.blobs] == ["keep"] and d.blobs[0].ratio == 100

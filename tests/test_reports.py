@@ -219,7 +219,7 @@ def test_run_report_shows_resume(tmp_path):
         run = select_run(store, None, None)
         view = run_view(store, run, plan_view_from_store(store, run.plan_digest))
     md = render_report(Report(None, view), "md")
-    assert "The run was resumed 1 time(s)." in md
+    assert "The run was resumed 1 time." in md
     assert "- blob:g0: output found intact from an earlier attempt, reused" in md
     assert re.search(r"^\| blob:g0 \| skipped \|", md, re.M)
     assert "Not recorded for this run" in md
