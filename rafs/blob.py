@@ -16,7 +16,7 @@ import numpy as np
 from nydus_compact.backends.base import BlobBackend
 from nydus_compact.backends.errors import BackendError
 
-from .blob_meta import CI_V2_COMPRESSED, BlobMeta, read_blob_meta
+from .blob_meta import CI_V2_COMPRESSED, BlobMeta, blob_size_problem, read_blob_meta
 from .compression import Compressor, decompress
 from .constants import MAX_CHUNK_SIZE
 from .digest import Digester, digest
@@ -182,8 +182,9 @@ class ChunkSource:
     def verify(self, progress: Callable[[int, int], None] | None = None, limit: int = 100) -> list[str]:
         """Read every distinct chunk once and check it decodes to its digest.
 
-        For v6 also validates each blob's meta (ci array, header, ToC) and that every chunk's
-        location matches its ci entry. Returns at most ``limit`` problem descriptions, plus a
+        Every blob of the table must have the size the table records, or be longer only by the
+        metadata the format appends (``blob_size_problem``). For v6 also validates each blob's
+        meta (ci array, header, ToC) and that every chunk's location matches its ci entry. Returns at most ``limit`` problem descriptions, plus a
         final "... and N more" line when there were more; an empty list means the image is sound.
         ``progress(done, total)`` counts distinct chunks. Counters end up in ``self.stats``.
         """
@@ -201,6 +202,17 @@ class ChunkSource:
         rows = bs.chunks[distinct]
         self.stats = VerifyStats(occurrences=len(bs.chunks), distinct=len(rows))
         blob_indexes = rows["blob_index"]
+        used = set(np.unique(blob_indexes).tolist())
+        for i, blob in enumerate(bs.blobs):
+            try:
+                size = self.backend.blob_size(blob.blob_id)
+                problem = blob_size_problem(self.backend.reader(blob.blob_id), blob, size)
+            except BackendError as exc:
+                if i not in used:  # the chunk walk below reports a missing blob that files use
+                    report(f"blob [{i}]: {exc}")
+                continue
+            if problem is not None:
+                report(f"blob [{i}] {blob.blob_id}: {problem}")
         for blob_index in np.unique(blob_indexes):
             positions = np.nonzero(blob_indexes == blob_index)[0]
             if blob_index >= len(bs.blobs):

@@ -448,6 +448,78 @@ def _read_toc(reader: BlobReader, info: BlobInfo, blob_size: int, meta: BlobMeta
     meta.digests = digests
 
 
+def blob_size_problem(reader: BlobReader, info: BlobInfo, blob_size: int, name: str | None = None) -> str | None:
+    """Why a blob file of ``blob_size`` bytes does not fit its blob-table entry; None when it does.
+
+    The file may be longer than ``compressed_size`` only by metadata the builder appends after
+    the recorded part (blob-v6.md §1 B/C, §8, §10): the 2.2 compactor records only the data
+    size, and an inlined-meta blob records where its bootstrap starts. Every byte past the
+    recorded size must then belong to a region found where the spec puts it (tar headers named
+    as the builder names them, the ci header, ToC entries), ending exactly at the end of the file.
+    """
+    recorded = info.compressed_size
+    if not recorded or blob_size == recorded:
+        return None
+    where = f"{blob_size} bytes, the blob table says {recorded}"
+    if blob_size < recorded:
+        return f"{where}: the blob file is truncated"
+    name = name or info.blob_id
+    try:
+        ends = _metadata_region_ends(reader, info, blob_size, name)
+    except RafsFormatError as exc:
+        return f"{where}, and the {blob_size - recorded} bytes past it are not blob metadata ({exc.check})"
+    if ends is None or recorded not in ends or ends[-1] != blob_size:
+        return f"{where}, and the {blob_size - recorded} bytes past it are not blob metadata the format describes"
+    return None
+
+
+def _metadata_region_ends(reader: BlobReader, info: BlobInfo, blob_size: int, name: str) -> list[int] | None:
+    """Offsets where the chunk data and each region after it end, in file order; None for a blob
+    without blob meta, after which nothing may follow."""
+    if not (info.features & BlobFeatures.CAP_TAR_TOC and info.ci_compressed_size):
+        return None
+    tar = bool(info.features & BlobFeatures.HAS_TAR_HEADER)
+    meta = read_blob_meta(reader, info, blob_size, name=name)  # ci array, its header and the ToC, validated
+    pos = compressed_data_size(info)
+    ends = [pos]
+
+    def region(entry: str, offset: int, length: int, header_size: int | None = None) -> None:
+        """``length`` bytes at ``offset`` (right where the previous region ended), then the tar
+        header naming them when the blob has tar headers."""
+        nonlocal pos
+        if offset != pos:
+            raise RafsFormatError(name, f"{entry} starts at {offset}, where the spec puts it is {pos}", offset)
+        pos += length
+        if tar:
+            if pos + TAR_BLOCK > blob_size:
+                raise RafsFormatError(name, f"no room for the {entry} tar header", pos)
+            want = (entry, length if header_size is None else header_size)
+            got = parse_tar_header(reader.read(pos, TAR_BLOCK), name, pos)
+            if got != want:
+                raise RafsFormatError(name, f"the tar header names {got[0]!r} of {got[1]} bytes, not {want[0]!r}", pos)
+            pos += TAR_BLOCK
+        ends.append(pos)
+
+    if tar:
+        region("image.blob", pos, 0, header_size=pos)  # the data's header follows the data
+    region("blob.meta", info.ci_offset, info.ci_compressed_size + HEADER_SIZE)
+    if meta.toc is not None:
+        for entry in sorted((e for e in meta.toc if e.compressed_offset >= pos), key=lambda e: e.compressed_offset):
+            if entry.name not in _APPENDED_ENTRIES:
+                raise RafsFormatError(name, f"unexpected ToC entry {entry.name!r} after the blob meta", entry.compressed_offset)
+            region(entry.name, entry.compressed_offset, entry.compressed_size)
+        region("rafs.blob.toc", blob_size - info.blob_toc_size, info.blob_toc_size - TAR_BLOCK)
+    elif info.features & BlobFeatures.INLINED_FS_META and tar and blob_size - pos >= TAR_BLOCK:
+        # Without a ToC the inlined bootstrap and its tar header are the last region.
+        _, size = parse_tar_header(reader.read(blob_size - TAR_BLOCK, TAR_BLOCK), name, blob_size - TAR_BLOCK)
+        region("image.boot", pos, size)
+    return ends
+
+
+# Regions the builder appends between the blob meta and the ToC (blob-v6.md §1 C, §10).
+_APPENDED_ENTRIES = frozenset({"blob.digest", "image.boot"})
+
+
 def _align(x: int, n: int) -> int:
     return (x + n - 1) // n * n
 
