@@ -25,14 +25,14 @@ from nydus_compact.backends.errors import BlobNotFoundError
 from nydus_compact import version
 from nydus_compact.backends.localfs import LocalFsBackend
 from nydus_compact.planner.config import CompactConfig, canonical_json
-from nydus_compact.planner.errors import ChunkLostError, PlanError
+from nydus_compact.planner.errors import PlanError
 from nydus_compact.planner.facts import SourceBlob
-from nydus_compact.planner.fleet import ImageProjection, Union, project, unite
+from nydus_compact.planner.fleet import ImageProjection, Union, project
 from nydus_compact.planner.guard import plan_guard
-from nydus_compact.planner.layout import Layout, NewBlob, TableEntry, layout
+from nydus_compact.planner.layout import Layout, NewBlob, TableEntry
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.formatting import plural
-from nydus_compact.planner.review import decisions_from_plan, explain_lost, path_of_occurrence
+from nydus_compact.planner.review import path_of_occurrence, relayout
 from nydus_compact.rafs.loader import dump_bootstrap, load_bootstrap
 from nydus_compact.rafs.model import BlobInfo, Bootstrap, empty_chunks
 from nydus_compact.safeio import atomic_writer, is_stdout, remove_stale_temps
@@ -150,19 +150,9 @@ class Prepared:
 
 def prepare(plan: Plan, source_name: str, images: list[Bootstrap]) -> Prepared:
     """Recompute the recipe from the plan's decisions and refuse any that lose a chunk."""
-    observed = {b.blob_id: b.observed_size for b in plan.blobs if b.observed_size is not None}
     dict_bs = load_bootstrap(plan.chunk_dict.path) if plan.chunk_dict is not None else None
-    union = unite(images, [im.path for im in plan.images], observed, dict_bs)
+    union, _, result = relayout(plan, source_name, images, dict_bs)
     facts = union.facts
-    decisions = decisions_from_plan(plan, source_name)
-    try:
-        result = layout(facts, decisions)
-    except ChunkLostError as exc:
-        k = next(k for k, (start, end) in enumerate(union.slices) if start <= exc.occurrence < end)
-        local = ChunkLostError(exc.blob_id, exc.occurrence - union.slices[k][0], exc.compressed_offset)
-        raise explain_lost(local, images[k], source_name) from None
-    except PlanError as exc:
-        raise PlanError(f"{source_name}: rejected: {exc}") from None
     sources = list(facts.blobs)
     first_seen: dict[str, BlobInfo] = {}
     for bs in images:

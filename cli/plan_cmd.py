@@ -215,19 +215,29 @@ def show_command(
     """
     from nydus_compact.planner.planfile import load_plan
 
-    plan, recorded = load_plan(plan_file)
+    written, recorded = load_plan(plan_file)
+    edited = recorded is not None and recorded != written.digest
+    shown, note = written, None
+    if edited:  # shown as apply will carry it out: the numbers recomputed from the decisions
+        from nydus_compact.planner.pipeline import rederive
+
+        again = rederive(written, recorded, str(plan_file))
+        shown, note = again.plan, again.note
     if as_json:
-        typer.echo(json.dumps({**plan.body(), "plan_digest": plan.digest}, indent=2, sort_keys=True))
+        typer.echo(json.dumps({**shown.body(), "plan_digest": written.digest}, indent=2, sort_keys=True))
         return
-    typer.echo(render_show(plan, recorded))
+    typer.echo(render_show(shown, edited, note))
 
 
-def render_show(plan: Plan, recorded: str | None) -> str:
+def render_show(plan: Plan, edited: bool, note: str | None = None) -> str:
     lines = []
     for im in plan.images:
         lines.append(f"image {im.path} (RAFS v{im.rafs_version}, {im.compressor}/{im.digester}, sha256 {im.sha256[:12]})")
-    if recorded is not None and recorded != plan.digest:
-        lines.append("note: the plan was edited after `compact plan` wrote it (digest differs); apply re-validates it")
+    if edited:
+        lines.append(
+            "note: the plan was edited after `compact plan` wrote it (digest differs); "
+            + (f"numbers below are the file's own: {note}" if note else "numbers below are recomputed from its decisions, as apply will")
+        )
     lines.append(summary_line(plan))
     if (line := limit_line(plan)) is not None:
         lines.append(line)

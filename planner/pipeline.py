@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from .max_blobs import LimitResult, limit_blobs
 from .plan import Group, InputFile, InputImage, MaxBlobs, Plan, PlanBlob, Summary
 from .policy import Decisions, decide
 from .vocab import Action, NoopReason, Reason
+from .review import relayout
 
 
 @dataclass
@@ -145,7 +146,14 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
     result = layout(facts, decisions)
     _check_readable(decisions, result, missing, sizes, facts)
 
-    plan = _describe(inputs, images, union, dict_file, decisions, result, sizes, missing, limit)
+    header = {
+        "tool_version": version(),
+        "flags": inputs.flags,
+        "config": json.loads(canonical_json(inputs.config)),
+        "config_sha256": hashlib.sha256(canonical_json(inputs.config)).hexdigest(),
+        "backend": inputs.backend_config.fingerprint(),
+    }
+    plan = _describe(header, inputs.flags, images, union, dict_file, decisions, result, sizes, missing, limit)
     _save_recipe(store, plan, image_ids, inputs, decisions, result)
     return PlanOutcome(plan, decisions, result, image_ids, limit)
 
@@ -172,6 +180,48 @@ def limit_findings(limit: LimitResult, images: list[InputImage]) -> list[str]:
             "not proven the cheapest (see README, --max-blobs)"
         )
     return out
+
+
+@dataclass
+class Rederived:
+    """A plan as apply would carry it out: its derived numbers recomputed from its decisions."""
+
+    plan: Plan
+    note: str | None = None  # why the numbers are the plan file's own, when they could not be recomputed
+
+
+def rederive(plan: Plan, recorded_digest: str | None, source: str) -> Rederived:
+    """``plan`` with summary, groups, new table, deletable blobs and new indexes recomputed from
+    its decisions as apply recomputes them, when it was edited after `compact plan` wrote it.
+
+    A hand-edited plan (a merge turned into a keep, a blob taken out of its group) keeps the
+    numbers of the decisions it no longer has; `show`, `report` and `explain` must not repeat
+    them. When the inputs are gone or changed, or apply would refuse the decisions, the plan is
+    returned as written with a note saying why.
+    """
+    if recorded_digest is None or recorded_digest == plan.digest or not plan.summary.changes:
+        return Rederived(plan)
+    for im in plan.images:
+        path = Path(im.path)
+        if not path.is_file() or bootstrap_sha256(path) != im.sha256:
+            return Rederived(plan, f"bootstrap {im.path} is gone or changed, so its numbers are as the file says")
+    if plan.chunk_dict is not None:
+        path = Path(plan.chunk_dict.path)
+        if not path.is_file() or bootstrap_sha256(path) != plan.chunk_dict.sha256:
+            return Rederived(plan, f"chunk dict {plan.chunk_dict.path} is gone or changed, so its numbers are as the file says")
+    sources = [load_bootstrap(im.path) for im in plan.images]
+    dict_bs = load_bootstrap(plan.chunk_dict.path) if plan.chunk_dict is not None else None
+    try:
+        union, decisions, result = relayout(plan, source, sources, dict_bs)
+    except PlanError as exc:
+        return Rederived(plan, f"apply will refuse it: {exc}")
+    sizes = {b.blob_id: b.observed_size for b in plan.blobs if b.observed_size is not None}
+    header = {k: getattr(plan, k) for k in ("tool_version", "flags", "config", "config_sha256", "backend")}
+    again = _describe(header, plan.flags, plan.images, union, plan.chunk_dict, decisions, result, sizes, {})
+    # What the reviewer wrote stays: decisions and reasons, and the plan's findings and candidates.
+    return Rederived(
+        replace(again, findings=plan.findings, merge_candidates=plan.merge_candidates, max_blobs=plan.max_blobs)
+    )
 
 
 def _check_readable(
@@ -201,7 +251,8 @@ def _extended_blobs(facts: Facts) -> list:
 
 
 def _describe(
-    inputs: PlanInputs,
+    header: dict,
+    flags: Flags,
     images: list[InputImage],
     union: Union,
     dict_file: InputFile | None,
@@ -267,7 +318,7 @@ def _describe(
         for nb in result.new_blobs
     ]
     new_table = [e.blob_id if e.blob_id is not None else f"new:g{e.group}" for e in result.table]
-    changes = not (result.identical and inputs.flags.i3_report_no_changes) and result.noop_reason is None
+    changes = not (result.identical and flags.i3_report_no_changes) and result.noop_reason is None
     noop_reason = result.noop_reason or decisions.noop_reason
     # The policy's I3 verdict is a bare "no changes"; the summary line already says that much.
     if not changes and noop_reason in (None, NoopReason.NO_CHANGES):
@@ -300,13 +351,9 @@ def _describe(
         occurrences_remapped=result.occurrences_remapped if changes else 0,
     )
     return Plan(
-        tool_version=version(),
-        flags=inputs.flags,
+        **header,
         images=images,
         chunk_dict=dict_file,
-        config=json.loads(canonical_json(inputs.config)),
-        config_sha256=hashlib.sha256(canonical_json(inputs.config)).hexdigest(),
-        backend=inputs.backend_config.fingerprint(),
         summary=summary,
         blobs=rows,
         groups=groups if changes else [],

@@ -6,7 +6,9 @@ import bisect
 
 from nydus_compact.rafs.model import Bootstrap
 
-from .errors import ChunkLostError, PlanFileError
+from .errors import ChunkLostError, PlanError, PlanFileError
+from .fleet import Union, unite
+from .layout import Layout, layout
 from .plan import Plan
 from .policy import BlobDecision, Candidate, Decisions, MergeGroup
 from .vocab import NoopReason
@@ -70,3 +72,22 @@ def explain_lost(exc: ChunkLostError, bs: Bootstrap, source: str) -> PlanFileErr
         f"{source}: rejected: blob {exc.blob_id} would be gone, but {path_of_occurrence(bs, exc.occurrence)} "
         f"needs its chunk at compressed offset {exc.compressed_offset}; keep the blob or put it in a group"
     )
+
+
+def relayout(
+    plan: Plan, source: str, images: list[Bootstrap], chunk_dict: Bootstrap | None
+) -> tuple[Union, Decisions, Layout]:
+    """The recipe of the plan's (possibly hand-edited) decisions over ``images``, as apply computes
+    it; a PlanError (naming the blob and the file) for decisions under which a chunk is lost."""
+    observed = {b.blob_id: b.observed_size for b in plan.blobs if b.observed_size is not None}
+    union = unite(images, [im.path for im in plan.images], observed, chunk_dict)
+    decisions = decisions_from_plan(plan, source)
+    try:
+        result = layout(union.facts, decisions)
+    except ChunkLostError as exc:
+        k = next(k for k, (start, end) in enumerate(union.slices) if start <= exc.occurrence < end)
+        local = ChunkLostError(exc.blob_id, exc.occurrence - union.slices[k][0], exc.compressed_offset)
+        raise explain_lost(local, images[k], source) from None
+    except PlanError as exc:
+        raise PlanError(f"{source}: rejected: {exc}") from None
+    return union, decisions, result

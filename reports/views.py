@@ -203,8 +203,19 @@ class Report:
     run: RunView | None
 
 
+# The decision each policy reason belongs to: a reviewer who changes a decision but not its reason
+# gets the decision explained, not the stale reason ("merged into new blob None").
+_DECISION_OF_REASON = {
+    "KEEP": "keep", "KEEP_UNSUPPORTED": "keep", "UNREFERENCED": "delete", "DICT_UNUSED": "delete",
+    "REBUILD_RATIO": "rebuild", "MERGE_TARGET": "merge", "MERGED_INTO": "merge", "DICT_KEEP": "dict-keep",
+}  # fmt: skip
+
+
 def why(b: BlobRow, plan: PlanView, candidates: dict[int, int] | None) -> str:
     """The decision of one blob in words, with the numbers and thresholds that made it."""
+    if _DECISION_OF_REASON.get(b.reason, b.decision) != b.decision or (b.decision in ("merge", "rebuild") and not b.group):
+        group = f" into new blob {b.group}" if b.group else ""
+        return f"{b.decision}{group}: set by a reviewer (the reason {b.reason} belongs to another decision)"
     t = plan.thresholds
     used = f"uses {human_size(b.used_bytes)}"
     if b.size:
@@ -262,8 +273,10 @@ def _row_size(size_for_ratio: int | None, observed: int | None, table: int) -> i
     return size or None
 
 
-def plan_view(plan: Plan, source: str, recorded_digest: str | None = None) -> PlanView:
-    """The report data of a plan read from a plan file."""
+def plan_view(plan: Plan, source: str, recorded_digest: str | None = None, digest: str | None = None) -> PlanView:
+    """The report data of a plan read from a plan file; ``digest`` is the file's own when ``plan``
+    is its rederived form (planner.pipeline.rederive)."""
+    digest = digest or plan.digest
     rows = [
         BlobRow(
             index=b.index,
@@ -301,7 +314,7 @@ def plan_view(plan: Plan, source: str, recorded_digest: str | None = None) -> Pl
     if image is None:
         raise ReportError(f"{source}: the plan names no image")
     view = PlanView(
-        digest=plan.digest,
+        digest=digest,
         source=source,
         image_path=image.path,
         image_sha256=image.sha256,
@@ -320,7 +333,7 @@ def plan_view(plan: Plan, source: str, recorded_digest: str | None = None) -> Pl
         deletable=[by_id[d] for d in plan.deletable if d in by_id],
         findings=list(plan.findings),
         fleet=[(im.path, im.output) for im in plan.images] if len(plan.images) > 1 else [],
-        edited=recorded_digest is not None and recorded_digest != plan.digest,
+        edited=recorded_digest is not None and recorded_digest != digest,
         limit_exact=plan.max_blobs.exact if plan.max_blobs is not None else True,
     )
     return _assemble(view, dict(plan.merge_candidates))
@@ -474,7 +487,15 @@ def report_views(
             yield view, run_view(store, run, view), store
         return
     plan, recorded = load_plan(plan_file)
-    view = plan_view(plan, f"plan file {plan_file}", recorded)
+    shown, note = plan, None
+    if recorded is not None and recorded != plan.digest:  # reported as apply will carry it out
+        from nydus_compact.planner.pipeline import rederive
+
+        again = rederive(plan, recorded, str(plan_file))
+        shown, note = again.plan, again.note
+    view = plan_view(shown, f"plan file {plan_file}", recorded, digest=plan.digest)
+    if note:
+        view.findings.insert(0, f"the plan was edited, but its numbers could not be recomputed: {note}")
     store_path = state or default_state(plan_file)
     if state is None and not store_path.exists():
         if run_id is not None:

@@ -142,3 +142,61 @@ def test_demo_force_starts_over(tmp_path):
     assert again.applied.status == "applied", again.applied.message
     with sqlite3.connect(tmp_path / "demo" / "plan.state.sqlite") as db:
         assert db.execute("select count(*) from runs").fetchone()[0] == 1
+
+
+# -- a hand-edited plan is shown, reported and explained as apply carries it out -------------------
+
+
+def _keep_the_merged_blobs(plan_path: Path) -> list[int]:
+    """A reviewer turns the merge of the two tiny blobs into keeps and removes their group, but
+    leaves their reasons as they were (MERGE_TARGET / MERGED_INTO). Returns their indexes."""
+    import yaml
+
+    data = yaml.safe_load(plan_path.read_text())
+    (merge,) = [g for g in data["groups"] if len(g["members"]) > 1]
+    data["groups"].remove(merge)
+    for i in merge["members"]:
+        data["blobs"][i].update(decision="keep", group=None)
+    plan_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return merge["members"]
+
+
+def test_edited_plan_is_shown_reported_and_explained_as_apply_sees_it(layers, tmp_path):
+    image = build(layers, tmp_path / "image", 6)
+    plan(image, *REBUILD_AND_MERGE)
+    before = json.loads(cli("show", image.plan, "--json").out)
+    kept = _keep_the_merged_blobs(image.plan)
+    kept_ids = [before["blobs"][i]["blob_id"] for i in kept]
+
+    show_json = cli("show", image.plan, "--json")
+    show = cli("show", image.plan)
+    report = cli("report", image.plan)
+    explained = cli("explain", kept_ids[1], "--plan", image.plan)
+    assert show_json.rc == show.rc == report.rc == explained.rc == 0, show.err + report.err + explained.err
+
+    out = tmp_path / "result.json"
+    applied = cli("apply", image.plan, "-J", out)
+    assert applied.rc == 0, applied.err
+    doc = json.loads(out.read_text())
+
+    shown = json.loads(show_json.out)
+    assert shown["plan_digest"] == doc["plan_digest"]  # the file's digest, as apply records it
+    assert sorted(shown["deletable"]) == sorted(doc["deletable_blobs"])
+    assert not set(kept_ids) & set(shown["deletable"])
+    assert shown["summary"]["blobs_after"] == len(doc["blobs"]) and shown["summary"]["new_blobs"] == len(doc["new_blobs"])
+    assert [g["name"] for g in shown["groups"]] == [b["group"] for b in doc["new_blobs"]]
+    assert [b for b in shown["new_table"] if not b.startswith("new:")] == doc["kept_blobs"]
+
+    s = shown["summary"]
+    assert f"5 blobs -> {s['blobs_after']} ({s['new_blobs']} new)" in show.out
+    assert f"5 blobs -> {before['summary']['blobs_after']} ({before['summary']['new_blobs']} new)" not in show.out
+    assert "numbers below are recomputed from its decisions" in show.out
+    deletable_line = next(line for line in show.out.splitlines() if line.startswith("deletable after apply"))
+    assert not any(i[:12] in deletable_line for i in kept_ids)
+
+    assert "merged into new blob None" not in report.out and "None" not in report.out
+    deletable_section = report.out.split("### Deletable blobs")[1].split("###")[0]
+    assert not any(i in deletable_section for i in kept_ids)
+    assert "set by a reviewer" in report.out
+
+    assert "stays in the blob table" in explained.out and "deletable" not in explained.out.split("after apply")[1]
