@@ -123,7 +123,7 @@ def load_plan(path: Path) -> tuple[Plan, str | None]:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise PlanFileError(f"{path}: not a plan: not valid YAML{where}: {problem}") from None
+        raise PlanFileError(f"{path}: not valid YAML{where}: {problem}") from None
     except RecursionError:  # the composer builds nested collections recursively
         raise PlanFileError(f"{path}: not a plan: collections nested too deeply") from None
     plan, recorded = plan_from_data(raw, str(path))

@@ -482,11 +482,11 @@ def test_cli_builds_layer_directories(tmp_path):
 )
 def test_cli_rejects_bad_options_in_one_line(tmp_path, args):
     proc = run_cli("--sample", "-o", str(tmp_path / "out"), *args)
-    assert proc.returncode == 1
-    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("compact: error:")
+    assert proc.returncode == 64  # a bad option value is a usage error
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("compact mkimage: error:")
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 
 def test_cli_needs_layers_or_sample(tmp_path):
     proc = run_cli("-o", str(tmp_path / "out"))
-    assert proc.returncode == 1 and "--sample" in proc.stderr
+    assert proc.returncode == 64 and "--sample" in proc.stderr

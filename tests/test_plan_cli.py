@@ -105,7 +105,7 @@ def plan_of(work: Path, name: str):
 def test_plan_and_show_snapshots(planned: dict[str, Planned], name: str, snapshot) -> None:
     p = planned[name]
     assert p.rc == SCENARIOS[name][0], p.out + p.err
-    assert p.err == ""
+    assert p.out == "" and p.err.endswith(f"plan written to {name}.plan.yaml\n"), p.err  # status on stderr
     assert p.text == snapshot(name="plan")
     assert p.show == snapshot(name="show")
 
@@ -287,6 +287,7 @@ ERRORS = {
     "blobs-dir-and-backend-config": _both_backends,
     "nonexistent-bootstrap": _no_bootstrap,
 }
+USAGE_ERRORS = {"bad-size-flag", "blobs-dir-and-backend-config"}
 
 
 @pytest.mark.parametrize("case", ERRORS)
@@ -294,9 +295,11 @@ def test_errors_are_one_line_and_write_no_plan(work: Path, planned: dict[str, Pl
     args, expected = ERRORS[case](work)
     out = f"err-{case}.plan.yaml"
     r = compact(work, "plan", *args, "-o", out, "--detailed-exitcode")
-    assert r.returncode == 1, r.stdout + r.stderr
+    usage = case in USAGE_ERRORS  # a bad option value or options that do not fit together
+    assert r.returncode == (64 if usage else 1), r.stdout + r.stderr
     assert r.stdout == ""
-    assert r.stderr.startswith("compact: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("compact plan: error: " if usage else "compact: error: "), r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
     assert expected in r.stderr
     assert not (work / out).exists()
 

@@ -118,7 +118,7 @@ def test_apply_from_registry_matches_localfs(layers, anon, tmp_path, version, sh
     assert v.rc == 0 and f"verify {remote.new_boot}: OK: 3 blobs" in v.out, v.out + v.err
     # A second apply finds the finished run; nothing is uploaded again.
     again = cli(*apply_args(remote.root, backend))
-    assert again.rc == 0 and again.out.startswith("already applied"), again.out + again.err
+    assert again.rc == 0 and again.err.startswith("already applied"), again.out + again.err
 
 
 # ---- 2. basic auth: the same, and no secret anywhere ----------------------------------------
@@ -142,7 +142,7 @@ def test_basic_auth_run_keeps_every_secret_out(v5_image, basic, tmp_path):
 
     for r in runs:
         assert r.rc == 0, r.out + r.err
-    assert runs[1].out.startswith("applied: ") and ": OK: " in runs[2].out
+    assert runs[1].err.startswith("applied: ") and ": OK: " in runs[2].out
     remote = collect(root, root / "staging")
     assert (remote.bootstrap, remote.blobs) == (local.bootstrap, local.blobs)
     assert_served(basic.host, "e2e/auth", remote.blobs, auth=AUTH)
@@ -235,7 +235,7 @@ def test_registry_dies_mid_apply_then_resumes(big_image, big_local, tmp_path):
         srv.start()  # same storage dir, same port
         resumed = compact(*apply_args(root, backend))
 
-        assert resumed.rc == 0 and resumed.out.startswith("resumed and applied: "), resumed.out + resumed.err
+        assert resumed.rc == 0 and resumed.err.startswith("resumed and applied: "), resumed.out + resumed.err
         remote = collect(root, root / "staging")
         local, _ = big_local
         assert (remote.bootstrap, remote.blobs) == (local.bootstrap, local.blobs)

@@ -242,7 +242,7 @@ def test_demo_end_to_end(tmp_path):
     assert "OK: 3 blobs" in lines[5] and "**passed**" in report
     again = compact(["demo", "out"], tmp_path)
     assert again.returncode == 1 and again.stdout == ""
-    assert again.stderr == "compact: error: out: exists and is not an empty directory (use --force to write into it)\n"
+    assert again.stderr == "compact: error: out: exists and is not an empty directory (use --force to start over in it)\n"
     assert compact(["demo", "out", "--force"], tmp_path).returncode == 0
 
 

@@ -130,7 +130,7 @@ def test_apply_from_s3_matches_localfs(layers, moto, tmp_path, version, shape):
     v = cli("verify", remote.new_boot, *backend)
     assert v.rc == 0 and f"verify {remote.new_boot}: OK: 3 blobs" in v.out, v.out + v.err
     again = cli(*apply_args(remote.root, backend))
-    assert again.rc == 0 and again.out.startswith("already applied"), again.out + again.err
+    assert again.rc == 0 and again.err.startswith("already applied"), again.out + again.err
 
 
 # ---- 2. no secret anywhere --------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_killed_after_an_upload_resumes_without_uploading_it_again(v5_image, mot
 
     resumed = compact(*apply_args(root, backend))
 
-    assert resumed.rc == 0 and resumed.out.startswith("resumed and applied: "), resumed.out + resumed.err
+    assert resumed.rc == 0 and resumed.err.startswith("resumed and applied: "), resumed.out + resumed.err
     remote = collect(root, root / "staging")
     assert (remote.bootstrap, remote.blobs) == (local.bootstrap, local.blobs)
     assert {k: n for k, n in versions(moto, bucket).items() if k.removeprefix(PREFIX) in local.blobs} == {
@@ -212,7 +212,7 @@ def test_killed_mid_multipart_upload_aborts_it_and_uploads_again(big_image, moto
 
     resumed = compact(*apply_args(root, backend))
 
-    assert resumed.rc == 0 and resumed.out.startswith("resumed and applied: "), resumed.out + resumed.err
+    assert resumed.rc == 0 and resumed.err.startswith("resumed and applied: "), resumed.out + resumed.err
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert versions(moto, bucket)[PREFIX + blob_id] == 1
     assert moto.objects(bucket, PREFIX + blob_id)[PREFIX + blob_id] == (root / "staging" / blob_id).read_bytes()

@@ -71,7 +71,7 @@ def run_remote(image: Image, root: Path, backend: list[str | Path], options: tup
     assert (r := cli(*plan_args(image, root, backend, options))).rc == 0, r.err
     started = time.perf_counter()
     r = cli(*apply_args(root, backend))
-    assert r.rc == 0 and r.out.startswith("applied: "), r.out + r.err
+    assert r.rc == 0 and r.err.startswith("applied: "), r.out + r.err
     return collect(root, root / "staging"), time.perf_counter() - started
 
 
