@@ -420,7 +420,7 @@ def test_a_corrupt_source_chunk_publishes_nothing(layers, tmp_path, corrupt, ver
 
     # Without the check, the same plan applies (the user asked to copy the bytes as they are).
     unchecked = cli("apply", image.plan, "--no-verify-sources")
-    assert unchecked.rc == 0 and unchecked.out.startswith("resumed and applied:"), unchecked.out + unchecked.err
+    assert unchecked.rc == 0 and unchecked.err.startswith("resumed and applied:"), unchecked.out + unchecked.err
 
 
 # -- 5. refusals: one line on stderr, exit 1, nothing written ---------------------------------
