@@ -44,8 +44,8 @@ def test_plan_apply_verify_under_the_limit(layers: list[Path], tmp_path: Path, v
     r = cli("plan", boot, "--blobs-dir", blobs, "--compact-blob-size", "0", "--max-blobs", "4", "-o", plan_path,
             "--detailed-exitcode")  # fmt: skip
     assert r.rc == 2, r.err
-    assert "max-blobs 4: 10 blobs after the size rules -> 4" in r.out
-    assert "merged to bring the image under 4 blobs; this was the cheapest choice" in r.out
+    assert "max-blobs 4: 10 blobs after the size rules -> 4" in r.err  # plan's status lines are on stderr
+    assert "merged to bring the image under 4 blobs; this was the cheapest choice" in r.err  # plan's status lines are on stderr
     plan = load_plan(plan_path)[0]
     assert [b.index for b in plan.blobs if b.reason == "MERGE_FOR_COUNT"] == CHEAPEST_7
     m = plan.max_blobs
@@ -82,7 +82,7 @@ def test_a_limit_already_met_plans_what_r_plans(layers: list[Path], tmp_path: Pa
     cli(*args, "-o", tmp_path / "r.yaml")
     r = cli(*args, "--max-blobs", "10", "-o", tmp_path / "limited.yaml")
     assert r.rc == 0, r.err
-    assert "already met" in r.out
+    assert "already met" in r.err  # plan's status lines are on stderr
     plain, limited = load_plan(tmp_path / "r.yaml")[0], load_plan(tmp_path / "limited.yaml")[0]
     assert [(b.decision, b.reason, b.group) for b in limited.blobs] == [(b.decision, b.reason, b.group) for b in plain.blobs]
     assert limited.new_table == plain.new_table
@@ -99,7 +99,7 @@ def test_no_grouping_reaches_the_limit_a_finding_says_so(layers: list[Path], tmp
     plan = load_plan(plan_path)[0]
     assert (plan.max_blobs.reached, plan.max_blobs.blobs_after) == (False, [8])
     assert any("no grouping of compatible blobs within max_compact_size brings" in f and "reaches 8" in f for f in plan.findings)
-    assert "no grouping reaches 3; this is the nearest count" in r.out
+    assert "no grouping reaches 3; this is the nearest count" in r.err  # plan's status lines are on stderr
     show = cli("show", plan_path)
     assert "finding: max_blobs 3: no grouping" in show.out
 
