@@ -172,5 +172,5 @@ def test_interrupted_apply_stops_at_once_cleans_up_and_resumes(workspace, uninte
 
     resumed = workspace.apply()
 
-    assert resumed.rc == 0 and resumed.out.startswith("resumed and applied: "), resumed.out + resumed.err
+    assert resumed.rc == 0 and resumed.err.startswith("resumed and applied: "), resumed.out + resumed.err
     assert workspace.outputs() == uninterrupted

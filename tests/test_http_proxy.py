@@ -139,7 +139,7 @@ def test_apply_through_http_proxy_matches_localfs(image, tcp, unix, tmp_path, tr
     assert (r := cli(*plan_args(image, root, backend, REBUILD_AND_MERGE))).rc == 0, r.err
     r = cli(*apply_args(root, backend), "--verify")  # kept blobs from the server, new ones from staging
 
-    assert r.rc == 0 and r.out.startswith("applied: ") and ": OK: 3 blobs" in r.out, r.out + r.err
+    assert r.rc == 0 and r.err.startswith("applied: ") and ": OK: 3 blobs" in r.err, r.out + r.err
     remote = collect(root, root / "staging")
     assert (remote.bootstrap, remote.blobs) == (local.bootstrap, local.blobs)
     methods = {m for m, _, _ in server.requests}
