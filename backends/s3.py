@@ -112,7 +112,9 @@ class S3Backend(BlobBackend):
             # botocore's max_attempts counts retries after the first attempt, as retry_limit does.
             retries={"max_attempts": retry_limit, "mode": "standard"},
             s3={"addressing_style": "path"},
-            max_pool_connections=max(10, 2 * self.read_concurrency),
+            # apply --jobs N copies N blobs at once, each with read_concurrency reads in flight: a pool
+            # too small would make urllib3 warn on stderr and reconnect.
+            max_pool_connections=64,
             # Only the config decides where requests go, not AWS_ENDPOINT_URL* or ~/.aws/config.
             ignore_configured_endpoint_urls=True,
             # Trailing checksums (aws-chunked bodies) are refused by many S3-compatible servers;
