@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,7 @@ from nydus_compact.safeio import OutputGuard, is_stdout
 from nydus_compact.store import default_state
 
 from .app import EXIT_CHANGES, EXIT_OK, app, option_values
+from .progress import phases
 
 # Each command imports what it needs when it runs: `compact --help` and `compact show` must not
 # pay for numpy, SQLite or the backends (issue 11, bench/startup.py).
@@ -145,7 +147,7 @@ def plan_command(
     from nydus_compact.planner.config import CompactConfig, load_config_file, merge
     from nydus_compact.planner.errors import ConfigError, PlanError, UsageError
     from nydus_compact.planner.flags import V6_KEYS, Flags
-    from nydus_compact.planner.pipeline import PlanInputs, make_plan
+    from nydus_compact.planner.pipeline import PLAN_PHASES, PlanInputs, make_plan
     from nydus_compact.planner.planfile import render, write_plan
     from nydus_compact.store.db import open_store
 
@@ -176,9 +178,11 @@ def plan_command(
     guard.output(state_path, "the state store (--state)")
     if new_bootstrap is not None:  # written by apply, refused now rather than after the review
         guard.output(new_bootstrap, "the new bootstrap (-O)")
-    with open_backend(bcfg) as backend, new_state_removed_on_failure(state_path):
+    # Phases on a terminal: a plan of a million-occurrence image takes seconds.
+    with phases(sys.stderr.isatty(), "plan", PLAN_PHASES) as progress, open_backend(bcfg) as backend, \
+            new_state_removed_on_failure(state_path):
         with open_store(state_path) as store:
-            outcome = make_plan(inputs, backend, store)
+            outcome = make_plan(inputs, backend, store, progress)
         plan = outcome.plan
         _, blob_files = local_blob_places(bcfg.config | {"type": bcfg.type}, [b.blob_id for b in plan.blobs])
         guard.inputs(blob_files, "a source blob")

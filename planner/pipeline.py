@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +38,8 @@ from .plan import Group, InputFile, InputImage, MaxBlobs, Plan, PlanBlob, Summar
 from .policy import Decisions, decide
 from .vocab import Action, NoopReason, Reason
 from .review import relayout
+
+PLAN_PHASES = ("parse", "index", "decide", "write")  # what make_plan tells its progress callback
 
 
 @dataclass
@@ -92,7 +95,11 @@ def observe_sizes(backend: BlobBackend, blob_ids: list[str]) -> tuple[dict[str, 
     return sizes, missing
 
 
-def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOutcome:
+def make_plan(
+    inputs: PlanInputs, backend: BlobBackend, store: Store, progress: Callable[[str], None] | None = None
+) -> PlanOutcome:
+    """The plan of ``inputs``; ``progress(phase)`` is told when each of PLAN_PHASES starts."""
+    phase = progress or (lambda _: None)
     paths = inputs.bootstraps
     if not paths:
         raise PlanError("no bootstrap given")
@@ -100,6 +107,7 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
         raise PlanError("the same bootstrap is given twice")
     if inputs.output is not None and len(paths) > 1:
         raise PlanError("-O names the output of one image; a fleet plan writes BOOTSTRAP.compact for each")
+    phase("parse")
     # Hashing (which releases the GIL) overlaps parsing: the two together cost about the parse alone.
     with ThreadPoolExecutor(max_workers=1) as pool:
         hashing = [pool.submit(bootstrap_sha256, p) for p in paths]
@@ -112,6 +120,7 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
         check_dict_compatible(sources[0], dict_bs, inputs.chunk_dict)
         dict_file = InputFile(str(inputs.chunk_dict), bootstrap_sha256(inputs.chunk_dict), inputs.chunk_dict.stat().st_size)
 
+    phase("index")
     all_ids = [b.blob_id for bs in sources for b in bs.blobs] + ([b.blob_id for b in dict_bs.blobs] if dict_bs else [])
     sizes, missing = observe_sizes(backend, all_ids)
     union = unite(sources, [str(p) for p in paths], sizes, dict_bs)
@@ -136,6 +145,7 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
     # Python objects per node) would otherwise stay resident through decide and layout.
     del sources, dict_bs
     facts = union.facts
+    phase("decide")
     decisions = decide(facts, inputs.config, inputs.flags)
     limit = None
     if inputs.config.max_blobs is not None:
@@ -146,6 +156,7 @@ def make_plan(inputs: PlanInputs, backend: BlobBackend, store: Store) -> PlanOut
     result = layout(facts, decisions)
     _check_readable(decisions, result, missing, sizes, facts)
 
+    phase("write")
     header = {
         "tool_version": version(),
         "flags": inputs.flags,

@@ -59,4 +59,4 @@ def render_report(report: Report, fmt: str) -> str:
     if fmt == "html" and report.plan is not None:
         charts = [ratio_chart(report.plan), size_chart(report.plan)]
     template = _environment(autoescape=fmt == "html").get_template(f"report.{fmt}.j2")
-    return template.render(plan=report.plan, run=report.run, charts=charts)
+    return template.render(plan=report.plan, run=report.run, images=report.images, charts=charts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -101,6 +101,18 @@ class TableEntry:
     size: int | None
 
 
+@dataclass(frozen=True)
+class ImageRow:
+    """A source image of the plan and its new bootstrap."""
+
+    path: str
+    sha256: str
+    rafs_version: int
+    compressor: str
+    digester: str
+    output: str | None  # where apply wrote the new bootstrap (else where the plan says it goes), when known
+
+
 @dataclass
 class PlanView:
     digest: str
@@ -123,7 +135,7 @@ class PlanView:
     findings: list[str] = field(default_factory=list)
     edited: bool = False  # the plan file's recorded digest differs from its content
     limit_exact: bool = True  # --max-blobs: the blobs merged for the count are proven the cheapest
-    fleet: list[tuple[str, str]] = field(default_factory=list)  # (source, new bootstrap) of every image of a fleet plan
+    images: list[ImageRow] = field(default_factory=list)  # every source image, in plan order
 
     @property
     def image_blobs(self) -> list[BlobRow]:
@@ -190,7 +202,14 @@ class RunView:
 
     @property
     def bytes_copied(self) -> int:
-        return sum(s.bytes for s in self.steps if s.key.startswith("blob:") and s.status == STEP_DONE)
+        """Bytes copied into new blobs by this run, an earlier attempt's included: a resumed run
+        finds those blobs intact (its steps are skipped) but they were copied all the same."""
+        return sum(s.bytes for s in self.steps if s.key.startswith("blob:") and s.status in STEP_COMPLETE)
+
+    @property
+    def bytes_reused(self) -> int:
+        """The part of ``bytes_copied`` an earlier attempt wrote and this one found intact."""
+        return sum(s.bytes for s in self.steps if s.key.startswith("blob:") and s.status == STEP_SKIPPED)
 
     @property
     def incomplete(self) -> list[StepRow]:
@@ -201,6 +220,15 @@ class RunView:
 class Report:
     plan: PlanView | None
     run: RunView | None
+
+    @property
+    def images(self) -> list[ImageRow]:
+        """The plan's images, each with the new bootstrap the run wrote (e.g. under --output-dir)."""
+        rows = self.plan.images if self.plan is not None else []
+        if self.run is None:
+            return rows
+        keys = ["bootstrap"] if len(rows) == 1 else [f"bootstrap:{k}" for k in range(len(rows))]
+        return [replace(r, output=self.run.outputs.get(k, r.output)) for r, k in zip(rows, keys)]
 
 
 # The decision each policy reason belongs to: a reviewer who changes a decision but not its reason
@@ -332,7 +360,7 @@ def plan_view(plan: Plan, source: str, recorded_digest: str | None = None, diges
         new_table=table,
         deletable=[by_id[d] for d in plan.deletable if d in by_id],
         findings=list(plan.findings),
-        fleet=[(im.path, im.output) for im in plan.images] if len(plan.images) > 1 else [],
+        images=[ImageRow(im.path, im.sha256, im.rafs_version, im.compressor, im.digester, im.output) for im in plan.images],
         edited=recorded_digest is not None and recorded_digest != digest,
         limit_exact=plan.max_blobs.exact if plan.max_blobs is not None else True,
     )
@@ -344,7 +372,8 @@ def plan_view_from_store(store: Store, plan_digest: str) -> PlanView | None:
     recipe = load_plan_recipe(store, plan_digest)
     if recipe is None or not recipe.image_ids:
         return None
-    image = load_image(store, recipe.image_ids[0])
+    recorded = [load_image(store, image_id) for image_id in recipe.image_ids]
+    image = recorded[0]
     # E starts with the images' tables united by blob id; chunk-dict blobs follow.
     n_source = len({b["blob_id"] for image_id in recipe.image_ids for b in load_blobs(store, image_id)})
     try:
@@ -407,6 +436,7 @@ def plan_view_from_store(store: Store, plan_digest: str) -> PlanView | None:
         groups=groups,
         new_table=table,
         deletable=[deletable[k] for k in sorted(deletable)],
+        images=[ImageRow(r["path"], r["sha256"], r["version"], r["compressor"], r["digester"], None) for r in recorded],
     )
     return _assemble(view, None)
 
