@@ -5,29 +5,24 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
+from helpers.cli import compact
 
 V5 = "sha256-nocompress-repeatable"
 V6 = "rafs-v6-2.2.boot"
 V5_BLOB = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
 
 
-def compact(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "nydus_compact", *map(str, args)], capture_output=True, text=True, timeout=60
-    )
-
 
 @pytest.mark.parametrize("name", [V5, V6])
 def test_text_output(name: str) -> None:
     r = compact("inspect", FIXTURES / name)
-    assert r.returncode == 0, r.stderr
-    assert r.stderr == ""
-    out = r.stdout
+    assert r.rc == 0, r.err
+    assert r.err == ""
+    out = r.out
     if name == V5:
         assert "RAFS v5" in out and "sha256" in out and "COMPRESSION_NONE | HASH_SHA256" in out
         assert V5_BLOB in out
@@ -43,15 +38,15 @@ def test_text_output(name: str) -> None:
 
 def test_chunks_listing() -> None:
     r = compact("inspect", FIXTURES / V6, "--chunks")
-    assert r.returncode == 0, r.stderr
-    assert "blob 0 index 1 flags 0x1 compressed 4828+2974 uncompressed 20480+13400" in r.stdout
-    assert "812465bcc9e88393598311dc5fc93abaeccef0185bcd99f9701d17ebdf9adc3f" in r.stdout
+    assert r.rc == 0, r.err
+    assert "blob 0 index 1 flags 0x1 compressed 4828+2974 uncompressed 20480+13400" in r.out
+    assert "812465bcc9e88393598311dc5fc93abaeccef0185bcd99f9701d17ebdf9adc3f" in r.out
 
 
 def test_json_document() -> None:
     r = compact("inspect", FIXTURES / V6, "--json", "--chunks", "--blobs-dir", FIXTURES)
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    assert r.rc == 0, r.err
+    doc = json.loads(r.out)
     expected = json.loads((FIXTURES / "rafs-v6-2.2.expected.json").read_text())
     assert doc["format"] == "nydus-compact.inspect/1"
     assert doc["bootstrap"]["sha256"] == expected["bootstrap"]["sha256"]
@@ -69,14 +64,14 @@ def test_json_document() -> None:
         assert files[f["path"]]["mode"] == oct(f["mode"])
         assert [c["digest"] for c in files[f["path"]]["chunks"]] == [c["digest"] for c in f["chunks"]]
     # stable: the same document twice
-    assert compact("inspect", FIXTURES / V6, "--json", "--chunks", "--blobs-dir", FIXTURES).stdout == r.stdout
+    assert compact("inspect", FIXTURES / V6, "--json", "--chunks", "--blobs-dir", FIXTURES).out == r.out
 
 
 @pytest.mark.parametrize("name", [V5, V6, "blake3-lz4_block-non_repeatable"])
 def test_verify_ok(name: str) -> None:
     r = compact("inspect", FIXTURES / name, "--blobs-dir", FIXTURES, "--verify")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.splitlines()[-1].startswith("verify: OK: ")
+    assert r.rc == 0, r.out + r.err
+    assert r.out.splitlines()[-1].startswith("verify: OK: ")
 
 
 def test_verify_fails_on_damaged_blob(tmp_path: Path) -> None:
@@ -86,55 +81,55 @@ def test_verify_fails_on_damaged_blob(tmp_path: Path) -> None:
     data[3000] ^= 1
     (blobs / V5_BLOB).write_bytes(bytes(data))
     r = compact("inspect", FIXTURES / V5, "--blobs-dir", blobs, "--verify")
-    assert r.returncode == 1
-    lines = r.stdout.splitlines()
+    assert r.rc == 1
+    lines = r.out.splitlines()
     assert lines[-1].startswith("verify: FAILED, 1 problem(s)")
     assert any(line.startswith("problem: ") and "digest mismatch" in line for line in lines)
     r = compact("inspect", FIXTURES / V5, "--blobs-dir", blobs, "--verify", "--json")
-    assert r.returncode == 1
-    doc = json.loads(r.stdout)
+    assert r.rc == 1
+    doc = json.loads(r.out)
     assert doc["verify"]["ok"] is False and doc["verify"]["problem_count"] == 1
 
 
 def test_verify_needs_blobs_dir() -> None:
     r = compact("inspect", FIXTURES / V5, "--verify")
-    assert r.returncode == 64
-    assert len(r.stderr.splitlines()) == 1
-    assert "--blobs-dir" in r.stderr and "Traceback" not in r.stderr
+    assert r.rc == 64
+    assert len(r.err.splitlines()) == 1
+    assert "--blobs-dir" in r.err and "Traceback" not in r.err
 
 
 def test_truncated_bootstrap_is_one_line_error(tmp_path: Path) -> None:
     boot = tmp_path / "trunc.boot"
     boot.write_bytes((FIXTURES / V5).read_bytes()[:10000])
     r = compact("inspect", boot)
-    assert r.returncode == 1
-    assert r.stdout == ""
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1, r.stderr
+    assert r.rc == 1
+    assert r.out == ""
+    lines = r.err.splitlines()
+    assert len(lines) == 1, r.err
     assert lines[0].startswith("compact: error: ") and str(boot) in lines[0]
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in r.err
 
 
 def test_missing_bootstrap(tmp_path: Path) -> None:
     r = compact("inspect", tmp_path / "none.boot")
-    assert r.returncode == 1
-    assert r.stderr.splitlines() == [f"compact: error: {tmp_path / 'none.boot'}: No such file or directory"]
+    assert r.rc == 1
+    assert r.err.splitlines() == [f"compact: error: {tmp_path / 'none.boot'}: No such file or directory"]
 
 
 def test_missing_blob_reported_in_table(tmp_path: Path) -> None:
     r = compact("inspect", FIXTURES / V5, "--blobs-dir", tmp_path, "--json")
-    assert r.returncode == 0
-    (blob,) = json.loads(r.stdout)["blobs"]
+    assert r.rc == 0
+    (blob,) = json.loads(r.out)["blobs"]
     assert blob["file"] is None and "not found" in blob["error"]
     r = compact("inspect", FIXTURES / V5, "--blobs-dir", tmp_path, "--verify")
-    assert r.returncode == 1
-    assert f"problem: blob {V5_BLOB} not found in {tmp_path}" in r.stdout
+    assert r.rc == 1
+    assert f"problem: blob {V5_BLOB} not found in {tmp_path}" in r.out
 
 
 def test_help_has_example() -> None:
     r = compact("inspect", "--help")
-    assert r.returncode == 0
-    assert "compact inspect image.boot --blobs-dir" in r.stdout
+    assert r.rc == 0
+    assert "compact inspect image.boot --blobs-dir" in r.out
 
 
 def test_console_script(tmp_path: Path) -> None:

@@ -11,13 +11,13 @@ import json
 import os
 import shutil
 import stat
-import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers.cli import compact
 
 from nydus_compact.backends.localfs import LocalFsBackend
 from nydus_compact.mkimage.builder import BuildOptions, BuildResult, build_image
@@ -429,42 +429,33 @@ def test_image_without_file_data_has_no_blobs(tmp_path):
 # -- CLI --------------------------------------------------------------------------------------
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "nydus_compact", "mkimage", *args],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-        timeout=120,
-    )
-
 
 def test_cli_builds_the_sample_and_refuses_a_non_empty_output(tmp_path):
     out = tmp_path / "out"
-    proc = run_cli("--sample", "-o", str(out), "--chunk-size", "64KiB", "--fs-version", "5", "--json")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
+    proc = compact("mkimage", "--sample", "-o", str(out), "--chunk-size", "64KiB", "--fs-version", "5", "--json")
+    assert proc.rc == 0, proc.err
+    doc = json.loads(proc.out)
     assert doc["bootstrap"] == str(out / "image.boot") and doc["fs_version"] == 5
     assert len(doc["blobs"]) == 5 and all(Path(b["path"]).is_file() for b in doc["blobs"])
     assert load_bootstrap(out / "image.boot").chunk_size == CHUNK
 
     first_bytes = (out / "image.boot").read_bytes()
-    again = run_cli("--sample", "-o", str(out))
-    assert again.returncode == 1 and "--force" in again.stderr and len(again.stderr.splitlines()) == 1
-    forced = run_cli("--sample", "-o", str(out), "--force", "--chunk-size", "0x10000", "--fs-version", "5")
-    assert forced.returncode == 0, forced.stderr
-    assert forced.stdout == "" and forced.stderr.splitlines()[0].startswith(f"bootstrap {out / 'image.boot'}")
+    again = compact("mkimage", "--sample", "-o", str(out))
+    assert again.rc == 1 and "--force" in again.err and len(again.err.splitlines()) == 1
+    forced = compact("mkimage", "--sample", "-o", str(out), "--force", "--chunk-size", "0x10000", "--fs-version", "5")
+    assert forced.rc == 0, forced.err
+    assert forced.out == "" and forced.err.splitlines()[0].startswith(f"bootstrap {out / 'image.boot'}")
     assert (out / "image.boot").read_bytes() == first_bytes
 
 
 def test_cli_builds_layer_directories(tmp_path):
     layers = make_handmade_layers(tmp_path / "layers")
     out = tmp_path / "out"
-    proc = run_cli(*map(str, layers), "-o", str(out), "--chunk-size", "65536", "--compressor", "none",
+    proc = compact("mkimage", *map(str, layers), "-o", str(out), "--chunk-size", "65536", "--compressor", "none",
                    "--digester", "sha256", "--repeatable")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stderr.splitlines()  # what was built is a status report: stdout stays empty
-    assert proc.stdout == "" and len(lines) == 3 and lines[0].startswith("bootstrap ") and all(x.startswith("blob ") for x in lines[1:])
+    assert proc.rc == 0, proc.err
+    lines = proc.err.splitlines()  # what was built is a status report: stdout stays empty
+    assert proc.out == "" and len(lines) == 3 and lines[0].startswith("bootstrap ") and all(x.startswith("blob ") for x in lines[1:])
     bs = load_bootstrap(out / "image.boot")
     assert bs.compressor == Compressor.NONE and bs.digester == Digester.SHA256
     assert not bs.flags & SuperFlags.EXPLICIT_UID_GID
@@ -481,12 +472,12 @@ def test_cli_builds_layer_directories(tmp_path):
     ],
 )
 def test_cli_rejects_bad_options_in_one_line(tmp_path, args):
-    proc = run_cli("--sample", "-o", str(tmp_path / "out"), *args)
-    assert proc.returncode == 64  # a bad option value is a usage error
-    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith("compact mkimage: error:")
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+    proc = compact("mkimage", "--sample", "-o", str(tmp_path / "out"), *args)
+    assert proc.rc == 64  # a bad option value is a usage error
+    assert len(proc.err.splitlines()) == 1 and proc.err.startswith("compact mkimage: error:")
+    assert "Traceback" not in proc.err and not (tmp_path / "out").exists()
 
 
 def test_cli_needs_layers_or_sample(tmp_path):
-    proc = run_cli("-o", str(tmp_path / "out"))
-    assert proc.returncode == 64 and "--sample" in proc.stderr
+    proc = compact("mkimage", "-o", str(tmp_path / "out"))
+    assert proc.rc == 64 and "--sample" in proc.err

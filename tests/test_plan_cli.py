@@ -14,14 +14,13 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
 from helpers.plan_scenarios import build_scenarios
+from helpers.cli import compact
 
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.store.db import open_store
@@ -57,13 +56,6 @@ SCENARIOS: dict[str, tuple[int, tuple[str, ...]]] = {
 }
 
 
-def compact(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "COMPACT_DEBUG"}
-    return subprocess.run(
-        [sys.executable, "-m", "nydus_compact", *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=60,
-    )
-
 
 @dataclass
 class Planned:
@@ -86,11 +78,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def planned(work: Path) -> dict[str, Planned]:
     out = {}
     for name, (_, args) in SCENARIOS.items():
-        r = compact(work, "plan", *args, "-o", f"{name}.plan.yaml", "--detailed-exitcode")
-        assert r.returncode in (0, 2), r.stderr
-        show = compact(work, "show", f"{name}.plan.yaml")
-        assert show.returncode == 0, show.stderr
-        out[name] = Planned(r.returncode, r.stdout, r.stderr, (work / f"{name}.plan.yaml").read_text(), show.stdout)
+        r = compact("plan", *args, "-o", f"{name}.plan.yaml", "--detailed-exitcode", cwd=work)
+        assert r.rc in (0, 2), r.err
+        show = compact("show", f"{name}.plan.yaml", cwd=work)
+        assert show.rc == 0, show.err
+        out[name] = Planned(r.rc, r.out, r.err, (work / f"{name}.plan.yaml").read_text(), show.out)
     return out
 
 
@@ -164,8 +156,8 @@ def test_same_inputs_give_byte_identical_plans(work: Path, planned: dict[str, Pl
     shutil.copytree(work, copy)
     args = (*SCENARIOS[name][1], "-o", f"{name}.plan.yaml")
     for state in ([], ["--state", "fresh.sqlite"]):
-        r = compact(copy, "plan", *args, *state)
-        assert r.returncode == 0, r.stderr  # changes, but no --detailed-exitcode
+        r = compact("plan", *args, *state, cwd=copy)
+        assert r.rc == 0, r.err  # changes, but no --detailed-exitcode
         assert (copy / f"{name}.plan.yaml").read_text() == planned[name].text
     assert (copy / "fresh.sqlite").is_file()
 
@@ -180,9 +172,9 @@ def test_config_file_forms_flags_and_sizes(work: Path) -> None:
     (work / "cfg-plain.json").write_text(json.dumps(values))
 
     def plan_json(*args: str) -> dict:
-        r = compact(work, "plan", "v5/image.boot", "-o", "cfg.plan.yaml", "--json", *args)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+        r = compact("plan", "v5/image.boot", "-o", "cfg.plan.yaml", "--json", *args, cwd=work)
+        assert r.rc == 0, r.err
+        return json.loads(r.out)
 
     v2 = plan_json("-C", "cfg-v2.json")  # the blobs come from the config's blobs_dir
     assert v2["config"] == values
@@ -199,25 +191,25 @@ def test_config_file_forms_flags_and_sizes(work: Path) -> None:
 
 
 def test_json_output_carries_the_plan_digest(work: Path) -> None:
-    r = compact(work, "plan", *SCENARIOS["v5"][1], "-o", "json.plan.yaml", "--json")
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    r = compact("plan", *SCENARIOS["v5"][1], "-o", "json.plan.yaml", "--json", cwd=work)
+    assert r.rc == 0, r.err
+    doc = json.loads(r.out)
     plan, recorded = load_plan(work / "json.plan.yaml")
     assert doc["plan_digest"] == recorded == plan.digest
     assert doc == {**plan.body(), "plan_digest": plan.digest}
-    show = compact(work, "show", "json.plan.yaml", "--json")
-    assert show.returncode == 0, show.stderr
-    assert json.loads(show.stdout) == doc
+    show = compact("show", "json.plan.yaml", "--json", cwd=work)
+    assert show.rc == 0, show.err
+    assert json.loads(show.out) == doc
 
 
 def test_state_defaults_next_to_the_plan_and_index_is_reused(work: Path) -> None:
     (work / "st").mkdir()
     args = SCENARIOS["v5"][1]
-    assert compact(work, "plan", *args, "-o", "st/p.yaml").returncode == 0
+    assert compact("plan", *args, "-o", "st/p.yaml", cwd=work).rc == 0
     state = work / "st/p.state.sqlite"
     assert state.is_file()
-    r = compact(work, "plan", *args, "-o", "st/q.yaml", "--state", "st/p.state.sqlite")
-    assert r.returncode == 0, r.stderr
+    r = compact("plan", *args, "-o", "st/q.yaml", "--state", "st/p.state.sqlite", cwd=work)
+    assert r.rc == 0, r.err
     assert not (work / "st/q.state.sqlite").exists()
     sha = hashlib.sha256((work / "v5/image.boot").read_bytes()).hexdigest()
     with open_store(state, create=False) as store:
@@ -294,27 +286,27 @@ USAGE_ERRORS = {"bad-size-flag", "blobs-dir-and-backend-config"}
 def test_errors_are_one_line_and_write_no_plan(work: Path, planned: dict[str, Planned], case: str) -> None:
     args, expected = ERRORS[case](work)
     out = f"err-{case}.plan.yaml"
-    r = compact(work, "plan", *args, "-o", out, "--detailed-exitcode")
+    r = compact("plan", *args, "-o", out, "--detailed-exitcode", cwd=work)
     usage = case in USAGE_ERRORS  # a bad option value or options that do not fit together
-    assert r.returncode == (64 if usage else 1), r.stdout + r.stderr
-    assert r.stdout == ""
-    assert r.stderr.startswith("compact plan: error: " if usage else "compact: error: "), r.stderr
-    assert r.stderr.count("\n") == 1, r.stderr
-    assert expected in r.stderr
+    assert r.rc == (64 if usage else 1), r.out + r.err
+    assert r.out == ""
+    assert r.err.startswith("compact plan: error: " if usage else "compact: error: "), r.err
+    assert r.err.count("\n") == 1, r.err
+    assert expected in r.err
     assert not (work / out).exists()
 
 
 def test_missing_blob_that_is_only_kept_is_a_finding(work: Path, planned: dict[str, Planned]) -> None:
     d, ids = _copy_v5(work, "missing-kept")
     (work / d / "blobs" / ids[1]).unlink()  # blob 1 is kept under PARTIAL
-    r = compact(work, "plan", f"{d}/image.boot", "--blobs-dir", f"{d}/blobs", *PARTIAL, "-o", "kept.plan.yaml")
-    assert r.returncode == 0, r.stderr
+    r = compact("plan", f"{d}/image.boot", "--blobs-dir", f"{d}/blobs", *PARTIAL, "-o", "kept.plan.yaml", cwd=work)
+    assert r.rc == 0, r.err
     plan = load_plan(work / "kept.plan.yaml")[0]
     assert plan.blobs[1].decision == "keep" and plan.blobs[1].observed_size is None
     (finding,) = plan.findings
     assert finding.startswith(f"blob {ids[1]} is not available from the backend")
-    show = compact(work, "show", "kept.plan.yaml")
-    assert f"finding: blob {ids[1]} is not available" in show.stdout
+    show = compact("show", "kept.plan.yaml", cwd=work)
+    assert f"finding: blob {ids[1]} is not available" in show.out
 
 
 # -- compact.md E6 through the CLI -------------------------------------------------------------
@@ -322,12 +314,10 @@ def test_missing_blob_that_is_only_kept_is_a_finding(work: Path, planned: dict[s
 
 def test_e6_fixed_point_in_upstream_oracle_mode(tmp_path: Path) -> None:
     def plan_json(*options: str) -> dict:
-        r = compact(
-            REPO, "plan", E6_BOOT, "--blobs-dir", "tests/fixtures/nydus", "--upstream-oracle", *options,
-            "-o", tmp_path / "e6.yaml", "--state", tmp_path / "e6.sqlite", "--json",
-        )
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+        r = compact("plan", E6_BOOT, "--blobs-dir", "tests/fixtures/nydus", "--upstream-oracle", *options,
+            "-o", tmp_path / "e6.yaml", "--state", tmp_path / "e6.sqlite", "--json", cwd=REPO)
+        assert r.rc == 0, r.err
+        return json.loads(r.out)
 
     nydusify = plan_json("--min-used-ratio", "5", "--layers-to-compact", "32")
     assert not nydusify["summary"]["changes"]
@@ -342,10 +332,10 @@ def test_e6_fixed_point_in_upstream_oracle_mode(tmp_path: Path) -> None:
     assert same["summary"]["occurrences_remapped"] == 0 and same["summary"]["bytes_to_write"] == 0
     # R counts the rewritten, equivalent bootstrap as output; the tool's own mode (I3) says so plainly.
     assert same["summary"]["changes"]
-    tool = compact(REPO, "plan", E6_BOOT, "--blobs-dir", "tests/fixtures/nydus", "-o", tmp_path / "i3.yaml",
-                   "--detailed-exitcode")
-    assert tool.returncode == 0, tool.stderr
-    assert tool.stdout == "" and tool.stderr.startswith("No changes: the compacted image would equal the source.")
+    tool = compact("plan", E6_BOOT, "--blobs-dir", "tests/fixtures/nydus", "-o", tmp_path / "i3.yaml",
+                   "--detailed-exitcode", cwd=REPO)
+    assert tool.rc == 0, tool.err
+    assert tool.out == "" and tool.err.startswith("No changes: the compacted image would equal the source.")
 
     forced = plan_json("--min-used-ratio", "101")
     (group,) = forced["groups"]
@@ -369,8 +359,8 @@ def test_committed_sample_plan_is_in_sync(tmp_path: Path) -> None:
     commands = readme_commands()
     assert [c[0] for c in commands] == ["mkimage", "plan"]
     for args in commands:
-        r = compact(tmp_path, *args)
-        assert r.returncode == 0, r.stderr
+        r = compact(*args, cwd=tmp_path)
+        assert r.rc == 0, r.err
     fresh = (tmp_path / "sample.plan.yaml").read_text()
     committed = PLANS / "sample.plan.yaml"
     if os.environ.get("UPDATE_PLANS") == "1":
@@ -386,19 +376,19 @@ def test_image_without_blobs_plans_no_changes_and_the_plan_loads(tmp_path: Path)
     (tmp_path / "layer" / "empty-dir").mkdir(parents=True)
     for version in ("5", "6"):
         out = f"img{version}"
-        assert compact(tmp_path, "mkimage", "layer", "-o", out, "--fs-version", version).returncode == 0
-        r = compact(tmp_path, "plan", f"{out}/image.boot", "--blobs-dir", f"{out}/blobs", "-o", f"p{version}.yaml",
-                    "--detailed-exitcode")  # fmt: skip
-        assert r.returncode == 0, r.stderr
+        assert compact("mkimage", "layer", "-o", out, "--fs-version", version, cwd=tmp_path).rc == 0
+        r = compact("plan", f"{out}/image.boot", "--blobs-dir", f"{out}/blobs", "-o", f"p{version}.yaml",
+                    "--detailed-exitcode", cwd=tmp_path)  # fmt: skip
+        assert r.rc == 0, r.err
         plan, _ = load_plan(tmp_path / f"p{version}.yaml")
         assert plan.blobs == [] and not plan.summary.changes
-        applied = compact(tmp_path, "apply", f"p{version}.yaml")
-        assert applied.returncode == 0 and "nothing to do" in applied.stderr
+        applied = compact("apply", f"p{version}.yaml", cwd=tmp_path)
+        assert applied.rc == 0 and "nothing to do" in applied.err
 
 
 def test_a_failed_plan_leaves_no_new_state_store(tmp_path: Path) -> None:
     """Nothing is left behind by a plan that fails, the state store included (unless it existed)."""
     (tmp_path / "trunc.boot").write_bytes((FIXTURES / "rafs-v6-2.2.boot").read_bytes()[:9000])
-    r = compact(tmp_path, "plan", "trunc.boot", "--blobs-dir", str(FIXTURES), "-o", "p.yaml")
-    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
+    r = compact("plan", "trunc.boot", "--blobs-dir", str(FIXTURES), "-o", "p.yaml", cwd=tmp_path)
+    assert r.rc == 1 and len(r.err.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trunc.boot"]

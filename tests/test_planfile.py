@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers.plan_scenarios import build_scenarios
+from helpers.cli import compact
 
 from nydus_compact.applier.apply import prepare
 from nydus_compact.backends.config import BackendConfig
@@ -27,13 +26,6 @@ from nydus_compact.store.db import open_store
 
 PARTIAL = {"min_used_ratio": 60, "compact_blob_size": 40 * 1024}
 
-
-def compact(cwd: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "COMPACT_DEBUG"}
-    return subprocess.run(
-        [sys.executable, "-m", "nydus_compact", *map(str, args)],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=30,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +83,9 @@ def test_edit_changes_the_digest_and_show_says_so(root: Path, v5_plan: Path) -> 
     edited.write_text(edit_blob(v5_plan.read_text(), 2, "decision", '"keep"'))
     plan2, recorded2 = load_plan(edited)
     assert recorded2 == recorded and plan2.digest != recorded
-    r = compact(root, "show", edited.name)
-    assert r.returncode == 0, r.stderr
-    assert "note: the plan was edited after `compact plan` wrote it" in r.stdout
+    r = compact("show", edited.name, cwd=root)
+    assert r.rc == 0, r.err
+    assert "note: the plan was edited after `compact plan` wrote it" in r.out
 
 
 # -- edits reported by key path ----------------------------------------------------------------
@@ -188,9 +180,9 @@ def test_hostile_yaml_fails_fast_with_one_line(root: Path, v5_plan: Path) -> Non
     (root / "deep.yaml").write_text("[" * 10000 + "]" * 10000)
     for name, expected in (("bomb.yaml", "config.big: expected an integer or a string or null, got [[[[[[[[[1, 1"),
                            ("deep.yaml", "collections nested too deeply")):
-        r = compact(root, "show", name)
-        assert r.returncode == 1, r.stdout
-        assert r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
+        r = compact("show", name, cwd=root)
+        assert r.rc == 1, r.out
+        assert r.err.count("\n") == 1 and expected in r.err, r.err
 
 
 # -- review: decisions a reviewer edits are re-validated ---------------------------------------
@@ -222,9 +214,9 @@ def test_apply_refuses_an_edit_that_loses_a_chunk(root: Path, v5_plan: Path) -> 
     edited.write_text(edit_blob(v5_plan.read_text(), 1, "decision", '"delete"'))
     blob_id = load_plan(v5_plan)[0].blobs[1].blob_id
     blobs_before = sorted(os.listdir(root / "v5/blobs"))
-    r = compact(root, "apply", edited.name, "-O", "out.boot")
-    assert r.returncode == 1, r.stdout + r.stderr
-    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    assert f"rejected: blob {blob_id} would be gone, but /bin/app needs" in r.stderr
+    r = compact("apply", edited.name, "-O", "out.boot", cwd=root)
+    assert r.rc == 1, r.out + r.err
+    assert r.err.count("\n") == 1 and "Traceback" not in r.err
+    assert f"rejected: blob {blob_id} would be gone, but /bin/app needs" in r.err
     assert not (root / "out.boot").exists()
     assert sorted(os.listdir(root / "v5/blobs")) == blobs_before

@@ -23,6 +23,7 @@ from nydus_compact.planner.policy import (
     digest_columns,
     first_equal,
 )
+from nydus_compact.rafs import blob_meta, v5
 from nydus_compact.rafs.compression import Compressor
 from nydus_compact.rafs.digest import Digester
 from nydus_compact.rafs.flags import BlobFeatures
@@ -397,7 +398,6 @@ def test_e5_backend_size_rebuild_then_merge(flags: Flags) -> None:
 
 
 def test_e5_ci_table_matches_the_oracle_bytes() -> None:
-    blob_meta = pytest.importorskip("nydus_compact.rafs.blob_meta")
     _, lay = plan(e5(), E5_CFG)
     r = lay.new_blobs[0].chunks
     ci = np.zeros(len(r), dtype=blob_meta.CI_DTYPE)
@@ -590,7 +590,6 @@ def test_one_million_occurrences_over_200_blobs() -> None:
 
 
 def _fixture_facts() -> Facts:
-    v5 = pytest.importorskip("rafs.v5")
     path = FIXTURES / "sha256-nocompress-repeatable"
     return unite([v5.load(path.read_bytes(), str(path))], [str(path)]).facts
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
-from dataclasses import replace
+from dataclasses import astuple, replace
 from datetime import datetime, timedelta, timezone
 from itertools import count
 from pathlib import Path
@@ -22,7 +20,8 @@ from pathlib import Path
 import pytest
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 
-from nydus_compact.cli.main import main
+from helpers.cli import cli, compact
+
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.reports.demo import run_demo
 from nydus_compact.reports.render import render_report
@@ -31,7 +30,6 @@ from nydus_compact.store.db import open_store
 
 MERGED, DELETED, KEPT, REBUILT = "4dbf96720aa5", "d15e9c1ee38c", "5417c4848b27", "89db322f04d6"
 RAW_HTML = r"(?<!\\)<[A-Za-z/!]"  # a tag start not escaped as \<
-COMPACT = [sys.executable, "-c", "from nydus_compact.cli.main import run; run()"]
 
 
 class MarkdownSnapshot(SingleFileSnapshotExtension):
@@ -69,15 +67,6 @@ def report_for(root: Path, fmt: str) -> str:
     return text.replace(str(root), "/TMP")
 
 
-def compact(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(COMPACT + args, cwd=cwd, capture_output=True, text=True, env=env, timeout=120)
-
-
-def run_main(args: list[str], cwd: Path, capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.chdir(cwd)
-    rc = main(args)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_markdown_report_snapshot(root, snapshot):
@@ -137,8 +126,8 @@ def test_html_renders_in_chromium(root, tmp_path):
     assert done.returncode == 0 and shot.stat().st_size > 20_000, done.stderr[-2000:]
 
 
-def test_state_report_matches_plan_report(root, capsys, monkeypatch):
-    rc, from_state, _ = run_main(["report", "--state", "demo/plan.state.sqlite"], root, capsys, monkeypatch)
+def test_state_report_matches_plan_report(root):
+    rc, from_state, _ = astuple(cli("report", "--state", "demo/plan.state.sqlite", cwd=root))
     assert rc == 0
     from_plan = report_for(root, "md").replace("/TMP", str(root))
     run_part = from_plan[from_plan.index("## Apply run 1"):]
@@ -149,24 +138,24 @@ def test_state_report_matches_plan_report(root, capsys, monkeypatch):
             assert line in from_state
 
 
-def test_report_command_writes_file_and_rejects_bad_runs(root, tmp_path, capsys, monkeypatch):
+def test_report_command_writes_file_and_rejects_bad_runs(root, tmp_path):
     out = tmp_path / "r.html"
-    rc, _, _ = run_main(["report", "demo/plan.yaml", "-o", str(out)], root, capsys, monkeypatch)
+    rc, _, _ = astuple(cli("report", "demo/plan.yaml", "-o", str(out), cwd=root))
     assert rc == 0 and out.read_text().startswith("<!DOCTYPE html>")
-    rc, _, err = run_main(["report", "demo/plan.yaml", "--run", "9"], root, capsys, monkeypatch)
+    rc, _, err = astuple(cli("report", "demo/plan.yaml", "--run", "9", cwd=root))
     assert rc == 1 and err == "compact: error: demo/plan.state.sqlite: no apply run 9\n"
-    rc, _, err = run_main(["report"], root, capsys, monkeypatch)
+    rc, _, err = astuple(cli("report", cwd=root))
     assert rc == 1 and err.count("\n") == 1 and "--state" in err
 
 
-def explain(root, capsys, monkeypatch, *args: str) -> str:
-    rc, out, err = run_main(["explain", *args], root, capsys, monkeypatch)
+def explain(root, *args: str) -> str:
+    rc, out, err = astuple(cli("explain", *args, cwd=root))
     assert rc == 0, err
     return out
 
 
-def test_explain_merged_blob(root, capsys, monkeypatch):
-    out = explain(root, capsys, monkeypatch, MERGED[:8], "--plan", "demo/plan.yaml")
+def test_explain_merged_blob(root):
+    out = explain(root, MERGED[:8], "--plan", "demo/plan.yaml")
     new_g1 = json.loads((root / "demo/apply.json").read_text())["new_blobs"][1]
     assert new_g1["group"] == "g1"
     assert "  decision    merge (MERGED_INTO) -> g1\n" in out
@@ -176,16 +165,16 @@ def test_explain_merged_blob(root, capsys, monkeypatch):
     assert files[0].split() == ["3.0", "KiB", "/srv/data/a.bin"]
 
 
-def test_explain_deleted_blob_from_state_only(root, capsys, monkeypatch):
-    out = explain(root, capsys, monkeypatch, DELETED, "--state", "demo/plan.state.sqlite")
+def test_explain_deleted_blob_from_state_only(root):
+    out = explain(root, DELETED, "--state", "demo/plan.state.sqlite")
     assert "  decision    delete (UNREFERENCED)\n" in out
     assert "  why         the new image needs none of its chunks, so it leaves the blob table\n" in out
     assert "the blob itself is deletable (197.0 KiB reclaimable" in out
     assert out.endswith("files: none of the image's files reference its chunks\n")
 
 
-def test_explain_kept_blob(root, capsys, monkeypatch):
-    out = explain(root, capsys, monkeypatch, KEPT, "--plan", "demo/plan.yaml", "--top", "2")
+def test_explain_kept_blob(root):
+    out = explain(root, KEPT, "--plan", "demo/plan.yaml", "--top", "2")
     assert "  decision    keep (KEEP)\n" in out
     assert "(99%), not below min_used_ratio 50%" in out
     assert "  after apply stays in the blob table at index 1\n" in out
@@ -200,21 +189,21 @@ def test_explain_kept_blob(root, capsys, monkeypatch):
         ("0123456789ab", "0123456789ab: no such blob in plan sha256:"),
     ],
 )
-def test_explain_rejects_unknown_or_short_ids(root, capsys, monkeypatch, query, message):
-    rc, out, err = run_main(["explain", query, "--plan", "demo/plan.yaml"], root, capsys, monkeypatch)
+def test_explain_rejects_unknown_or_short_ids(root, query, message):
+    rc, out, err = astuple(cli("explain", query, "--plan", "demo/plan.yaml", cwd=root))
     assert rc == 1 and out == ""
     assert err.startswith(f"compact: error: {message}") and err.count("\n") == 1
 
 
 def test_run_report_shows_resume(tmp_path):
     """A run killed after writing a blob and resumed: the report names the resume and the reused step."""
-    assert compact(["mkimage", "--sample", "-o", "img", "--chunk-size", "64KiB"], tmp_path).returncode == 0
-    plan = compact(["plan", "img/image.boot", "--blobs-dir", "img/blobs", "--min-used-ratio", "50",
-                    "--compact-blob-size", "64KiB", "-o", "plan.yaml"], tmp_path)
-    assert plan.returncode == 0, plan.stderr
-    killed = compact(["apply", "plan.yaml"], tmp_path, env={**os.environ, "COMPACT_FAULT": "blob-done:g0"})
-    assert killed.returncode != 0
-    assert compact(["apply", "plan.yaml"], tmp_path).returncode == 0
+    assert compact("mkimage", "--sample", "-o", "img", "--chunk-size", "64KiB", cwd=tmp_path).rc == 0
+    plan = compact("plan", "img/image.boot", "--blobs-dir", "img/blobs", "--min-used-ratio", "50",
+                    "--compact-blob-size", "64KiB", "-o", "plan.yaml", cwd=tmp_path)
+    assert plan.rc == 0, plan.err
+    killed = compact("apply", "plan.yaml", cwd=tmp_path, fault="blob-done:g0")
+    assert killed.rc != 0
+    assert compact("apply", "plan.yaml", cwd=tmp_path).rc == 0
     with open_store(tmp_path / "plan.state.sqlite", create=False) as store:
         run = select_run(store, None, None)
         view = run_view(store, run, plan_view_from_store(store, run.plan_digest))
@@ -226,27 +215,27 @@ def test_run_report_shows_resume(tmp_path):
 
 
 def test_demo_end_to_end(tmp_path):
-    done = compact(["demo", "out"], tmp_path)
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    done = compact("demo", "out", cwd=tmp_path)
+    assert done.rc == 0, done.err
+    lines = done.out.splitlines()
     assert [line.split()[0] for line in lines] == [
         "image", "plan", "state", "applied", "apply", "verify", "report", "report", "deletable"
     ]
     for name in ("plan.yaml", "plan.state.sqlite", "apply.json", "report.md", "report.html",
                  "image/image.boot", "image/image.boot.compact"):
         assert (tmp_path / "out" / name).is_file(), name
-        assert f"out/{name}" in done.stdout
+        assert f"out/{name}" in done.out
     deletable = json.loads((tmp_path / "out/apply.json").read_text())["deletable_blobs"]
     report = (tmp_path / "out/report.md").read_text()
     assert len(deletable) == 4 and all(f"| `{d}` |" in report for d in deletable)
     assert "OK: 3 blobs" in lines[5] and "**passed**" in report
-    again = compact(["demo", "out"], tmp_path)
-    assert again.returncode == 1 and again.stdout == ""
-    assert again.stderr == "compact: error: out: exists and is not an empty directory (use --force to start over in it)\n"
-    assert compact(["demo", "out", "--force"], tmp_path).returncode == 0
+    again = compact("demo", "out", cwd=tmp_path)
+    assert again.rc == 1 and again.out == ""
+    assert again.err == "compact: error: out: exists and is not an empty directory (use --force to start over in it)\n"
+    assert compact("demo", "out", "--force", cwd=tmp_path).rc == 0
 
 
 @pytest.mark.parametrize("command", ["report", "explain", "demo"])
-def test_help_has_an_example(command, capsys):
-    assert main([command, "--help"]) == 0
-    assert "Example:" in capsys.readouterr().out
+def test_help_has_an_example(command):
+    r = cli(command, "--help")
+    assert r.rc == 0 and "Example:" in r.out

@@ -21,10 +21,10 @@ class Run:
     err: str
 
 
-def cli(*args: str | Path) -> Run:
-    """`compact ARGS` in this process; stdout and stderr captured."""
+def cli(*args: str | Path, cwd: Path | None = None) -> Run:
+    """`compact ARGS` in this process (in ``cwd`` if given); stdout and stderr captured."""
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.chdir(cwd or "."), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main([str(a) for a in args])
     return Run(rc, out.getvalue(), err.getvalue())
 
@@ -39,9 +39,9 @@ def compact(
 ) -> Run:
     """`compact ARGS` as a separate process (``python -m nydus_compact``).
 
-    ``env`` adds to this process's environment; ``fault`` sets COMPACT_FAULT (crash tests), which
-    is otherwise never inherited."""
-    full = {k: v for k, v in os.environ.items() if k != "COMPACT_FAULT"}
+    ``env`` adds to this process's environment; ``fault`` sets COMPACT_FAULT (crash tests). Neither
+    COMPACT_FAULT nor COMPACT_DEBUG is inherited: a test sees the behaviour a user gets."""
+    full = {k: v for k, v in os.environ.items() if k not in ("COMPACT_FAULT", "COMPACT_DEBUG")}
     full.update(env or {})
     if fault is not None:
         full["COMPACT_FAULT"] = fault
