@@ -7,7 +7,6 @@ the group, so a resumed apply finds and removes its own leftovers.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import functools
 import hashlib
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from nydus_compact.backends.base import BlobBackend
+from nydus_compact.backends.reads import MAX_READ, coalesce_sorted, read_extents
 from nydus_compact.planner.facts import SourceBlob
 from nydus_compact.planner.layout import NewBlob
 from nydus_compact.rafs.blob_writer import BlobWriter
@@ -61,22 +61,21 @@ def temp_name(plan_digest: str, group: int) -> str:
 
 
 def split_reads(nb: NewBlob) -> Iterator[tuple[int, int, int, int, int]]:
-    """(source, offset, length, first chunk, count) reads of at most MAX_READ bytes (or one chunk)."""
+    """(source, offset, length, first chunk, count) reads of at most MAX_READ bytes (or one chunk).
+
+    The planner's reads already are (backends.reads); a longer one, from a recipe made another
+    way, is cut with the same coalescer."""
     rec = nb.chunks
-    start = rec["source_offset"]
+    start = rec["source_offset"].astype(np.int64)
     end = start + rec["compressed_size"]
     for src, offset, length, first, count in nb.reads.tolist():
         if length <= MAX_READ:
             yield src, offset, length, first, count
             continue
-        # Chunks may overlap, so a piece ends at the furthest end reached so far.
-        reach = np.maximum.accumulate(end[first : first + count]).tolist()
-        i = 0
-        while i < count:
-            lo = int(start[first + i])
-            j = max(i + 1, bisect.bisect_right(reach, lo + MAX_READ, lo=i))
-            yield src, lo, reach[j - 1] - lo, first + i, j - i
-            i = j
+        s, e = start[first : first + count], end[first : first + count]
+        firsts = coalesce_sorted(s, e)
+        for f, lo, ln, c in zip(firsts.tolist(), *(x.tolist() for x in read_extents(s, e, firsts))):
+            yield src, lo, ln, first + f, c
 
 
 def file_sha256(path: Path) -> str:

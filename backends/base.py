@@ -1,4 +1,4 @@
-"""The interface every blob backend implements, and read coalescing (compact.md §5.2).
+"""The interface every blob backend implements (reads are coalesced by ``reads.coalesce``).
 
 A backend maps a blob id to bytes. Reads are always exact: a backend never hands back fewer
 bytes than asked for, it raises ``BackendError`` naming the blob and the range instead.
@@ -15,51 +15,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import BackendError
-
-# Upper bound of one coalesced read: large enough that adjacent chunks of a blob go out in few
-# requests, small enough that a batch never needs much memory.
-DEFAULT_MAX_READ = 16 << 20
-
-
-def coalesce(
-    ranges: Sequence[tuple[int, int]], max_gap: int = 0, max_size: int = DEFAULT_MAX_READ
-) -> list[tuple[int, int, list[int]]]:
-    """Group (offset, size) ranges into fewer reads.
-
-    Ranges are visited in offset order; one joins the current read when it starts at most
-    ``max_gap`` bytes after the read's end and the read stays within ``max_size`` bytes
-    (a single range larger than that is read alone). Overlapping and repeated ranges share a
-    read. Returns (offset, size, member indexes into ``ranges``) in offset order.
-    """
-    if max_gap < 0 or max_size <= 0:
-        raise ValueError("coalesce: max_gap must be >= 0 and max_size > 0")
-    reads: list[tuple[int, int, list[int]]] = []
-    order = sorted(range(len(ranges)), key=lambda i: (ranges[i][0], ranges[i][1], i))
-    start = end = 0
-    members: list[int] = []
-    for i in order:
-        offset, size = ranges[i]
-        if offset < 0 or size < 0:
-            raise ValueError(f"coalesce: negative range ({offset}, {size})")
-        new_end = max(end, offset + size)
-        if members and offset <= end + max_gap and new_end - start <= max_size:
-            end = new_end
-            members.append(i)
-            continue
-        if members:
-            reads.append((start, end - start, members))
-        start, end, members = offset, offset + size, [i]
-    if members:
-        reads.append((start, end - start, members))
-    return reads
-
+from .reads import MAX_READ, coalesce
 
 class BlobBackend(ABC):
     """Where blobs are read from. Subclasses implement ``blob_size``, ``read_exact`` and ``describe``."""
 
     # Coalescing policy of ``read_ranges``; remote backends raise max_gap to save round trips.
     max_gap: int = 0
-    max_read: int = DEFAULT_MAX_READ
+    max_read: int = MAX_READ
     # Local backends take no uploads: apply's blobs dir is itself the destination.
     accepts_uploads: bool = False
     # Reads ``read_many`` keeps in flight: remote backends overlap their round trips.

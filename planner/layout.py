@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nydus_compact.backends.reads import coalesce_sorted, read_extents
 from nydus_compact.rafs.compression import Compressor
 from nydus_compact.rafs.constants import BLOCK_SIZE, MAX_BLOBS, MAX_CI_ENTRIES
 from nydus_compact.rafs.digest import Digester
@@ -349,25 +350,22 @@ def _exclusive_cumsum(sizes: np.ndarray) -> np.ndarray:
 
 
 def _coalesce(recipe: np.ndarray) -> np.ndarray:
-    """One read per run of adjacent (or overlapping) chunks of the same source blob."""
+    """The reads of each source's runs of adjacent (or overlapping) chunks, at most MAX_READ bytes
+    each (or one chunk): the recipe is grouped by source and sorted by offset within a source."""
     if not len(recipe):
         return np.zeros(0, dtype=READ_DTYPE)
     src = recipe["source"]
-    start = recipe["source_offset"]
+    start = recipe["source_offset"].astype(np.int64)
     end = start + recipe["compressed_size"]
-    new_run = np.ones(len(recipe), dtype=bool)
-    for s in np.unique(src):  # at most 256 sources: each segment is sorted by offset
-        seg = np.flatnonzero(src == s)
-        reach = np.maximum.accumulate(end[seg])
-        new_run[seg[1:]] = start[seg[1:]] > reach[:-1]
-    firsts = np.flatnonzero(new_run)
-    lasts = np.append(firsts[1:], len(recipe))
+    bounds = [0, *(np.flatnonzero(src[1:] != src[:-1]) + 1).tolist(), len(recipe)]
+    firsts = np.concatenate([lo + coalesce_sorted(start[lo:hi], end[lo:hi]) for lo, hi in zip(bounds, bounds[1:])])
+    offsets, lengths, counts = read_extents(start, end, firsts)
     reads = np.zeros(len(firsts), dtype=READ_DTYPE)
     reads["source"] = src[firsts]
-    reads["offset"] = start[firsts]
-    reads["length"] = np.maximum.reduceat(end, firsts) - start[firsts]
+    reads["offset"] = offsets
+    reads["length"] = lengths
     reads["first"] = firsts
-    reads["count"] = lasts - firsts
+    reads["count"] = counts
     return reads
 
 

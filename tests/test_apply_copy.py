@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nydus_compact.applier.blobs import MAX_READ, CopyJob, SourceCheck, split_reads, write_new_blob
+from nydus_compact.applier.blobs import CopyJob, SourceCheck, split_reads, write_new_blob
+from nydus_compact.backends.reads import MAX_READ
 from nydus_compact.applier.errors import ApplyError
 from nydus_compact.backends.localfs import LocalFsBackend
 from nydus_compact.planner.facts import SourceBlob

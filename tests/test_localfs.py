@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nydus_compact.backends.base import BlobBackend, coalesce
+from nydus_compact.backends.base import BlobBackend
+from nydus_compact.backends.reads import coalesce
 from nydus_compact.backends.errors import BackendError
 from nydus_compact.backends.localfs import LocalFsBackend
 
@@ -158,3 +159,11 @@ def test_coalesce() -> None:
     assert coalesce([(0, 50), (50, 1)], max_size=20) == [(0, 50, [0]), (50, 1, [1])]
     with pytest.raises(ValueError):
         coalesce([(-1, 2)])
+
+
+def test_coalesce_caps_a_read_and_keeps_overlaps_and_gaps_in_one_read() -> None:
+    # Contiguous ranges past the cap start a new read at a range boundary; a range bigger than the
+    # cap is read alone; overlapping ranges and gaps up to max_gap share a read.
+    assert coalesce([(0, 6), (6, 6), (12, 6)], max_size=12) == [(0, 12, [0, 1]), (12, 6, [2])]
+    assert coalesce([(0, 30), (30, 2)], max_size=12) == [(0, 30, [0]), (30, 2, [1])]
+    assert coalesce([(0, 10), (4, 10), (20, 4)], max_gap=6) == [(0, 24, [0, 1, 2])]

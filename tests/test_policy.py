@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nydus_compact.backends.reads import MAX_READ
 from nydus_compact.planner.config import CompactConfig
 from nydus_compact.planner.errors import PlanError
 from nydus_compact.planner.facts import DictFacts, Facts, SourceBlob
@@ -682,3 +683,16 @@ def test_blobs_whose_chunks_are_not_plain_payloads_are_never_rewritten(features:
     )
     with pytest.raises(PlanError, match="cannot be copied into a new blob"):
         layout(facts, edited)
+
+
+def test_a_new_blob_is_read_in_pieces_of_at_most_max_read() -> None:
+    # 20 adjacent 1 MiB chunks used from a 40 MiB blob: rebuilt, read as 16 + 4 MiB (backends.reads).
+    mib = 1 << 20
+    facts = Facts(
+        5,
+        [blob("A", 40 * mib), blob("B", 100)],
+        chunks(*(occ(f"c{i}", 0, i * mib, mib, i * mib, mib, index=i) for i in range(20)), occ("z", 1, 0, 100, 0, 100)),
+    )
+    _, lay = plan(facts, CompactConfig(min_used_ratio=60, compact_blob_size=0))
+    (nb,) = lay.new_blobs
+    assert nb.reads[["offset", "length", "first", "count"]].tolist() == [(0, MAX_READ, 0, 16), (MAX_READ, 4 * mib, 16, 4)]
