@@ -33,7 +33,7 @@ from nydus_compact.planner.layout import Layout, NewBlob, TableEntry
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.formatting import plural
 from nydus_compact.planner.review import path_of_occurrence, relayout
-from nydus_compact.rafs.loader import dump_bootstrap, load_bootstrap
+from nydus_compact.rafs.loader import bootstrap_sha256, dump_bootstrap, load_bootstrap
 from nydus_compact.rafs.model import BlobInfo, Bootstrap, empty_chunks
 from nydus_compact.safeio import atomic_writer, is_stdout, remove_stale_temps
 from nydus_compact.store.db import Store
@@ -50,7 +50,7 @@ from nydus_compact.store.runs import (
     start_run,
 )
 
-from .blobs import CopyJob, SourceCheck, WrittenBlob, file_sha256, same_file, temp_prefix, write_new_blob
+from .blobs import CopyJob, SourceCheck, WrittenBlob, same_file, temp_prefix, write_new_blob
 from .errors import ApplyError, SourceCorruptError
 from .faults import fault_point
 from .lock import blobs_dirs_locked
@@ -111,11 +111,11 @@ def stale_reasons(plan: Plan, backend: BlobBackend, backend_config: BackendConfi
         path = Path(im.path)
         if not path.is_file():
             reasons.append(f"bootstrap {im.path} is gone")
-        elif file_sha256(path) != im.sha256:
+        elif bootstrap_sha256(path) != im.sha256:
             reasons.append(f"bootstrap {im.path} changed (sha256 differs)")
     if plan.chunk_dict is not None:
         path = Path(plan.chunk_dict.path)
-        if not path.is_file() or file_sha256(path) != plan.chunk_dict.sha256:
+        if not path.is_file() or bootstrap_sha256(path) != plan.chunk_dict.sha256:
             reasons.append(f"chunk dict {plan.chunk_dict.path} changed or is gone")
     try:
         cfg_bytes = canonical_json(CompactConfig(**plan.config))
