@@ -125,7 +125,7 @@ def demo_command(
 
         compact demo /tmp/compact-demo
     """
-    from nydus_compact.reports.demo import run_demo
+    from nydus_compact.walkthrough.demo import run_demo
 
     result = run_demo(directory, force=force)
     for line in result.lines():

@@ -23,7 +23,7 @@ from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from helpers.cli import cli, compact
 
 from nydus_compact.planner.planfile import load_plan
-from nydus_compact.reports.demo import run_demo
+from nydus_compact.walkthrough.demo import run_demo
 from nydus_compact.reports.render import render_report
 from nydus_compact.reports.views import Report, plan_view, plan_view_from_store, run_view, select_run
 from nydus_compact.store.db import open_store

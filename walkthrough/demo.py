@@ -14,16 +14,16 @@ from nydus_compact.mkimage.sample import make_sample_layers
 from nydus_compact.planner.config import CompactConfig
 from nydus_compact.planner.flags import Flags
 from nydus_compact.planner.pipeline import PlanInputs, make_plan
-from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.formatting import human_size, plural, summary_line
+from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.planfile import write_plan
 from nydus_compact.rafs.loader import load_bootstrap
 from nydus_compact.safeio import atomic_write_text
 from nydus_compact.store.db import Clock, Store, open_store, utc_now
 
-from .errors import ReportError
-from .render import render_report
-from .views import Report, plan_view, run_view, select_run
+from nydus_compact.reports.errors import ReportError
+from nydus_compact.reports.render import render_report
+from nydus_compact.reports.views import Report, plan_view, run_view, select_run
 
 KiB = 1024
 # Chosen so the sample exercises every action: its stale base layer (23% used) is rebuilt, the
