@@ -34,8 +34,6 @@ from nydus_compact.safeio import TMP_PREFIX, fsync_dir
 from .errors import ApplyCancelled, ApplyError, SourceCorruptError
 from .faults import fault_point
 
-# Reads are split at chunk boundaries so no single request holds more than this in memory.
-MAX_READ = 16 << 20
 # Read buffers per new blob being written: one being written while the checks of the two reads
 # before it run.
 RING = 3
