@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, build, cli, make_layers, plan
 
-from nydus_compact.reports.demo import run_demo
+from nydus_compact.walkthrough.demo import run_demo
 
 
 @pytest.fixture(scope="module")
