@@ -15,7 +15,7 @@ from helpers.compact_env import REBUILD_AND_MERGE, build, cli, compact, make_lay
 
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.reports.charts import MAX_ROWS, ratio_chart, size_chart
-from nydus_compact.reports.demo import run_demo
+from nydus_compact.walkthrough.demo import run_demo
 from nydus_compact.reports.views import plan_view
 from nydus_compact.store.db import open_store
 from nydus_compact.store.runs import list_runs, steps
