@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from nydus_compact.planner.formatting import human_size
+from nydus_compact.planner.formatting import human_size, plural
 
 from .app import EXIT_ERROR, EXIT_OK, app
 
@@ -142,5 +142,5 @@ def gc_command(
     else:
         for p in orphans:
             typer.echo(f"{'deleted' if delete else 'unreferenced'} {p}")
-        typer.echo(f"{len(orphans)} blob(s), {human_size(total)} {'deleted' if delete else 'reclaimable (dry run; add --delete)'}")
+        typer.echo(f"{plural(len(orphans), 'blob')}, {human_size(total)} {'deleted' if delete else 'reclaimable (dry run; add --delete)'}")
     return EXIT_OK

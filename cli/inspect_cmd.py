@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from nydus_compact.planner.formatting import plural
+
 from .app import EXIT_ERROR, app
 
 if TYPE_CHECKING:  # imported when the command runs (fast start-up)
@@ -121,7 +123,7 @@ def inspect_cmd(
             typer.echo("")
             for problem in result["problems"]:
                 typer.echo(f"problem: {problem}")
-            status = "OK" if result["ok"] else f"FAILED, {result['problem_count']} problem(s)"
+            status = "OK" if result["ok"] else f"FAILED, {plural(result['problem_count'], 'problem')}"
             typer.echo(
                 f"verify: {status}: {result['checked']} of {result['distinct_chunks']} distinct chunks"
                 f" ({result['occurrences']} occurrences) checked, {result['bytes_read']} bytes read"

@@ -83,7 +83,7 @@ def test_verify_fails_on_damaged_blob(tmp_path: Path) -> None:
     r = compact("inspect", FIXTURES / V5, "--blobs-dir", blobs, "--verify")
     assert r.rc == 1
     lines = r.out.splitlines()
-    assert lines[-1].startswith("verify: FAILED, 1 problem(s)")
+    assert lines[-1].startswith("verify: FAILED, 1 problem:")
     assert any(line.startswith("problem: ") and "digest mismatch" in line for line in lines)
     r = compact("inspect", FIXTURES / V5, "--blobs-dir", blobs, "--verify", "--json")
     assert r.rc == 1

@@ -136,7 +136,7 @@ def test_gc_lists_then_deletes_exactly_the_deletable_blobs(layers, tmp_path, ver
     assert dry.rc == 0, dry.err
     lines = dry.out.splitlines()
     assert lines[:-1] == [f"unreferenced {image.blobs / b}" for b in deletable]
-    assert lines[-1].startswith(f"{len(deletable)} blob(s), ") and "dry run" in lines[-1]
+    assert lines[-1].startswith(f"{len(deletable)} blob{'' if len(deletable) == 1 else 's'}, ") and "dry run" in lines[-1]
     assert sorted(p.name for p in image.blobs.iterdir()) == everything  # nothing deleted
 
     as_json = json.loads(cli("gc", "--keep", image.new_boot, "--blobs-dir", image.blobs, "--json").out)
