@@ -1,7 +1,9 @@
 """Fault injection for crash/resume tests: ``COMPACT_FAULT=<point>`` kills the process there.
 
 Points are named after apply's step boundaries ("blob-mid:g0", "blob-written:g0",
-"blob-done:g0", "bootstrap-mid", "bootstrap-done", "json-done"). SIGKILL, not an exception:
+"blob-done:g0", "bootstrap-mid", "bootstrap-done", "json-done"), and for image plans after
+publishing steps ("publish-blob:N" after the N-th blob, "publish-config", "publish-child-manifest",
+"publish-before-tag", "publish-done"). SIGKILL, not an exception:
 nothing gets a chance to clean up, exactly like a power cut or the OOM killer.
 
 With ``COMPACT_FAULT_SIGNAL=STOP`` the process stops there instead (a test then delivers a real

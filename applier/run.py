@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nydus_compact.backends.config import FINGERPRINT_KEYS, BackendConfig, load_backend_config, open_backend
+from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.rafs.loader import load_bootstrap
 from nydus_compact.store import default_state
@@ -59,8 +60,11 @@ def plan_backend(recorded: dict, backend_config: Path | None, backend_type: str 
     return BackendConfig("localfs", cfg, "plan")
 
 
-def run_apply(req: ApplyRequest, progress: Progress | None = None) -> ApplyOutcome:
-    plan, recorded = load_plan(req.plan_path)
+def run_apply(
+    req: ApplyRequest, progress: Progress | None = None, loaded: tuple[Plan, str | None] | None = None
+) -> ApplyOutcome:
+    """``loaded``: the plan and its recorded digest, when the caller has read the plan already."""
+    plan, recorded = loaded or load_plan(req.plan_path)
     bcfg = plan_backend(plan.backend, req.backend_config, req.backend_type)
     blobs_dir = req.blobs_dir
     if blobs_dir is None:

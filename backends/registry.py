@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -107,6 +109,7 @@ class RegistryBackend(BlobBackend):
         blob_redirected_host: str = "",
         monolithic_upload_max: int = MONOLITHIC_UPLOAD_MAX,
         upload_chunk_size: int = UPLOAD_CHUNK_SIZE,
+        extra_scopes: tuple[str, ...] = (),
     ):
         if not isinstance(host, str) or not HOST.fullmatch(host):
             raise BackendError(f"registry backend: invalid host {host!r}: expected host[:port]")
@@ -133,6 +136,9 @@ class RegistryBackend(BlobBackend):
         self.blob_redirected_host = blob_redirected_host
         self.monolithic_upload_max = monolithic_upload_max
         self.upload_chunk_size = upload_chunk_size
+        # Scopes every bearer token asks for besides the challenge's own (a cross-repository
+        # mount needs pull on the source repository).
+        self.extra_scopes = tuple(extra_scopes)
         self._basic = f"Basic {auth}" if auth else None
         self._registry_token = registry_token or None
         # The Authorization header sent to the registry; replaced when a challenge asks for another.
@@ -145,7 +151,7 @@ class RegistryBackend(BlobBackend):
         self._base = f"{self.scheme}://{host}"
         try:
             self._client = httpx.Client(
-                verify=not skip_verify,
+                verify=_verifying_context() if not skip_verify else False,
                 timeout=httpx.Timeout(timeout, connect=connect_timeout),
                 proxy=proxy or None,
                 follow_redirects=False,
@@ -195,28 +201,34 @@ class RegistryBackend(BlobBackend):
             )
         if self._head_size(blob_id) is not None:
             return False
-        location = self._start_upload(blob_id)
         try:
             with path.open("rb") as f:
-                if file_size <= self.monolithic_upload_max:
-                    self._finish_upload(blob_id, location, read_full(f, file_size, path, blob_id))
-                else:
-                    done = 0
-                    while done < file_size:
-                        part = read_full(f, min(self.upload_chunk_size, file_size - done), path, blob_id)
-                        location = self._patch_upload(blob_id, location, done, part)
-                        done += len(part)
-                    self._finish_upload(blob_id, location, b"")
+                self.upload_stream(blob_id, file_size, _file_parts(f, file_size, path, blob_id, self.upload_chunk_size))
         except OSError as exc:
             raise BackendError(f"blob {blob_id}: cannot read {path}: {exc.strerror or exc}") from None
-        stored = self._head_size(blob_id)
-        if stored != file_size:
-            raise BackendError(
-                f"blob {blob_id}: after upload the registry {self._where()} reports size {stored}, "
-                f"expected {file_size}"
-            )
-        self._sizes[blob_id] = file_size
         return True
+
+    def upload_stream(self, blob_id: str, size: int, parts: Iterator[bytes], location: str | None = None) -> None:
+        """Upload ``size`` bytes arriving as ``parts`` as blob ``blob_id`` (the registry checks the
+        digest): one PUT up to ``monolithic_upload_max`` bytes, PATCHes then a PUT above.
+        ``location``: an upload session already started (a cross-repository mount that fell back)."""
+        self._check_id(blob_id)
+        if location is None:
+            location = self._start_upload(blob_id)
+        if size <= self.monolithic_upload_max:
+            self._finish_upload(blob_id, location, b"".join(parts))
+        else:
+            done = 0
+            for part in _rechunk(parts, self.upload_chunk_size):
+                location = self._patch_upload(blob_id, location, done, part)
+                done += len(part)
+            self._finish_upload(blob_id, location, b"")
+        stored = self._head_size(blob_id)
+        if stored != size:
+            raise BackendError(
+                f"blob {blob_id}: after upload the registry {self._where()} reports size {stored}, expected {size}"
+            )
+        self._sizes[blob_id] = size
 
     def describe(self) -> dict[str, Any]:
         return {"type": "registry", "scheme": self.scheme, "host": self.host, "repo": self.repo}
@@ -438,7 +450,8 @@ class RegistryBackend(BlobBackend):
         params = [("client_id", "nydus-compact")]
         if challenge.params.get("service"):
             params.append(("service", challenge.params["service"]))
-        params.extend(("scope", s) for s in challenge.params.get("scope", "").split())
+        scopes = challenge.params.get("scope", "").split()
+        params.extend(("scope", s) for s in dict.fromkeys([*scopes, *self.extra_scopes]))
         headers = {"Authorization": self._basic} if self._basic else {}
         for n in range(self.retry_limit + 1):
             try:
@@ -490,6 +503,13 @@ class RegistryBackend(BlobBackend):
         return f"{self.host}/{self.repo}"
 
 
+@functools.cache
+def _verifying_context() -> ssl.SSLContext:
+    """One certificate-verifying TLS context per process: loading the CA bundle costs about as much
+    CPU as the rest of a client, and an image apply opens one client per repository."""
+    return httpx.create_ssl_context()
+
+
 @contextmanager
 def _closing(resp: httpx.Response) -> Iterator[httpx.Response]:
     try:
@@ -537,3 +557,24 @@ def _sha256_file(path: Path, blob_id: str) -> tuple[str, int]:
     except OSError as exc:
         raise BackendError(f"blob {blob_id}: cannot read {path}: {exc.strerror or exc}") from None
     return h.hexdigest(), size
+
+
+def _rechunk(parts: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """Parts of ``size`` bytes (the last one shorter) from parts of any size."""
+    buf = bytearray()
+    for part in parts:
+        buf += part
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+def _file_parts(f, size: int, path: Path, blob_id: str, part_size: int) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+    """The file's ``size`` bytes in parts of ``part_size``; a file that shrank is an error."""
+    done = 0
+    while done < size:
+        data = read_full(f, min(part_size, size - done), path, blob_id)
+        done += len(data)
+        yield data

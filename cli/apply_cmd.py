@@ -11,6 +11,10 @@ import typer
 
 from nydus_compact.planner.formatting import human_size, plural
 
+from nydus_compact.image.errors import ImageUsageError
+from nydus_compact.image.reference import is_image_ref
+
+from . import image_opts
 from .app import EXIT_ERROR, EXIT_OK, app
 
 
@@ -59,8 +63,15 @@ def apply_command(
     verify_sources: bool = typer.Option(True, "--verify-sources/--no-verify-sources", help="Check every copied source chunk against its digest while copying (on by default; a corrupt source publishes nothing)."),
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, max=64, help="New blobs written in parallel."),
     state: Path | None = typer.Option(None, "--state", help="SQLite state store (default: PLAN.state.sqlite next to the plan)."),
+    force: bool = typer.Option(False, "--force", help="Image plans: replace a target tag that names another image (or the source itself)."),
+    authfile: str | None = image_opts.AUTHFILE,
+    insecure_registry: list[str] = image_opts.INSECURE,
 ) -> int:
     """Execute a plan: write new blobs and the new bootstrap. Idempotent and resumable.
+
+    For a plan of image references, the compacted image is then published to the plan's target:
+    blobs first (present ones skipped, same-registry ones mounted), bootstrap layer, config, and
+    the manifest (or index) last. New blobs are staged in --blobs-dir (default PLAN.image/blobs).
 
     Example:
 
@@ -68,12 +79,35 @@ def apply_command(
     """
     from nydus_compact.applier.run import ApplyRequest, run_apply
 
+    from nydus_compact.planner.planfile import load_plan
+
+    plan, recorded = load_plan(plan_file)
+    if plan.images and plan.images[0].image is not None:
+        from nydus_compact.applier.apply import ApplyOptions
+        from nydus_compact.image.planning import work_dir
+        from nydus_compact.image.publish import apply_image_plan
+        from nydus_compact.store import default_state
+        from nydus_compact.store.db import open_store
+
+        if backend_config is not None or backend_type is not None:
+            raise ImageUsageError("an image plan reads blobs from the source image's repository: drop --backend-config")
+        opts = ApplyOptions(plan_file, blobs_dir or work_dir(plan_file) / "blobs", output_bootstrap, output_json,
+                            verify, jobs, output_dir, verify_sources)
+        with open_store(state or default_state(plan_file)) as store:
+            with progress_bar(sys.stderr.isatty()) as progress:
+                result, published = apply_image_plan(plan, recorded, opts, image_opts.access(authfile, insecure_registry),
+                                                     store, force=force, progress=progress)
+        # Status lines: stdout carries only what was asked for (the JSON with --output-json -).
+        typer.echo(result.message, err=True)
+        for p in published:
+            typer.echo(p.line(), err=True)
+        return EXIT_OK
     req = ApplyRequest(
         plan_file, blobs_dir, output_bootstrap, output_dir, output_json, backend_config, backend_type, state,
         verify, verify_sources, jobs,
     )
     with progress_bar(sys.stderr.isatty()) as progress:
-        outcome = run_apply(req, progress)
+        outcome = run_apply(req, progress, loaded=(plan, recorded))
     # Status lines: stdout carries only what was asked for (the JSON with --output-json -).
     typer.echo(outcome.result.message, err=True)
     for bootstrap, report in outcome.verified:
@@ -85,11 +119,14 @@ def apply_command(
 
 @app.command("verify")
 def verify_command(
-    bootstrap: Path = typer.Argument(..., help="Bootstrap to check."),
+    bootstrap: str = typer.Argument(..., help="Bootstrap to check, or an image: docker://NAME[:TAG|@DIGEST], oci:DIR[:TAG]."),
     blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Directory holding the blobs."),
     backend_config: Path | None = typer.Option(None, "--backend-config", help="Backend config instead of --blobs-dir."),
     backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw --backend-config."),
     max_problems: int = typer.Option(20, "--max-problems", min=1, help="How many problems to list."),
+    platform: str | None = typer.Option(None, "--platform", help="Image in an index: os/arch or os/arch/variant."),
+    authfile: str | None = image_opts.AUTHFILE,
+    insecure_registry: list[str] = image_opts.INSECURE,
 ) -> int:
     """Check an image: every blob present with the right size, every chunk decompresses to its digest,
     v6 blob meta consistent with the bootstrap. One summary line; exit 1 on any problem.
@@ -97,6 +134,8 @@ def verify_command(
     Example:
 
         compact verify image.compact.boot --blobs-dir blobs/
+
+        compact verify docker://reg.example.com/team/app:v1-compact
     """
     from nydus_compact.applier.verify import verify_image
     from nydus_compact.backends.config import open_backend
@@ -105,10 +144,18 @@ def verify_command(
 
     from .plan_cmd import resolve_backend
 
-    bcfg = resolve_backend(blobs_dir, backend_config, backend_type, CompactConfig())
-    bs = load_bootstrap(bootstrap)
-    with open_backend(bcfg) as backend:
-        report = verify_image(bs, backend, limit=max_problems)
+    if is_image_ref(bootstrap):
+        from nydus_compact.image.fetch import fetched_image
+
+        if blobs_dir is not None or backend_config is not None:
+            raise ImageUsageError("an image's blobs are read from its repository: drop --blobs-dir / --backend-config")
+        with fetched_image(bootstrap, image_opts.access(authfile, insecure_registry), platform) as image:
+            report = verify_image(load_bootstrap(image.bootstrap), image.backend, limit=max_problems)
+    else:
+        bcfg = resolve_backend(blobs_dir, backend_config, backend_type, CompactConfig())
+        bs = load_bootstrap(bootstrap)
+        with open_backend(bcfg) as backend:
+            report = verify_image(bs, backend, limit=max_problems)
     typer.echo(report.summary(str(bootstrap)))
     for p in report.problems:
         typer.echo(f"  {p}", err=True)
@@ -117,10 +164,12 @@ def verify_command(
 
 @app.command("gc")
 def gc_command(
-    keep: list[Path] = typer.Option(..., "--keep", help="Bootstrap whose blobs must stay (repeatable)."),
+    keep: list[str] = typer.Option(..., "--keep", help="Bootstrap (or image reference docker://…, oci:…) whose blobs must stay (repeatable)."),
     blobs_dir: Path = typer.Option(..., "--blobs-dir", "-D", help="Directory holding blob files."),
     delete: bool = typer.Option(False, "--delete", help="Really delete; without it, only list (dry run)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    authfile: str | None = image_opts.AUTHFILE,
+    insecure_registry: list[str] = image_opts.INSECURE,
 ) -> int:
     """List (or with --delete remove) blob files no given bootstrap references.
 
@@ -131,7 +180,15 @@ def gc_command(
     from nydus_compact.applier.verify import orphaned_blobs
     from nydus_compact.rafs.loader import load_bootstrap
 
-    kept = [load_bootstrap(p) for p in keep]
+    kept = []
+    for k in keep:
+        if is_image_ref(k):
+            from nydus_compact.image.fetch import fetched_image
+
+            with fetched_image(k, image_opts.access(authfile, insecure_registry)) as image:
+                kept.append(load_bootstrap(image.bootstrap))
+        else:
+            kept.append(load_bootstrap(k))
     orphans = orphaned_blobs(blobs_dir, kept)
     total = sum(p.stat().st_size for p in orphans)
     if delete:

@@ -10,10 +10,11 @@ import typer
 
 from nydus_compact.planner.formatting import plural
 
+from . import image_opts
 from .app import EXIT_ERROR, app
 
 if TYPE_CHECKING:  # imported when the command runs (fast start-up)
-    from nydus_compact.backends.localfs import LocalFsBackend
+    from nydus_compact.backends.base import BlobBackend
     from nydus_compact.rafs.model import Bootstrap
 
 
@@ -62,7 +63,7 @@ def _print_text(doc: dict[str, Any], with_chunks: bool) -> None:
                 )
 
 
-def _verify(bs: Bootstrap, backend: LocalFsBackend) -> dict[str, Any]:
+def _verify(bs: Bootstrap, backend: BlobBackend) -> dict[str, Any]:
     from nydus_compact.rafs.blob import ChunkSource
 
     source = ChunkSource(bs, backend)
@@ -87,7 +88,10 @@ def _verify(bs: Bootstrap, backend: LocalFsBackend) -> dict[str, Any]:
     ),
 )
 def inspect_cmd(
-    bootstrap: Annotated[Path, typer.Argument(help="RAFS v5 or v6 bootstrap file.", show_default=False)],
+    bootstrap: Annotated[
+        str, typer.Argument(help="RAFS v5 or v6 bootstrap file, or an image: docker://NAME[:TAG|@DIGEST], oci:DIR[:TAG].",
+                            show_default=False)
+    ],
     blobs_dir: Annotated[
         Path | None, typer.Option("--blobs-dir", "-D", help="Directory holding the blobs, named by blob id.")
     ] = None,
@@ -95,24 +99,42 @@ def inspect_cmd(
     chunks: Annotated[bool, typer.Option("--chunks", help="Also list every chunk of every file.")] = False,
     verify: Annotated[
         bool,
-        typer.Option("--verify", help="Read every chunk from --blobs-dir and check sizes and digests."),
+        typer.Option("--verify", help="Read every chunk from --blobs-dir (or the image's repository) and check sizes and digests."),
     ] = False,
+    platform: Annotated[str | None, typer.Option("--platform", help="Image in an index: os/arch or os/arch/variant.")] = None,
+    authfile: str | None = image_opts.AUTHFILE,
+    insecure_registry: list[str] = image_opts.INSECURE,
 ) -> None:
     """Show the superblock, blob table and files of a bootstrap; optionally verify its blobs."""
-    if verify and blobs_dir is None:
-        raise typer.BadParameter("--verify needs --blobs-dir", param_hint="--verify")
     from nydus_compact.backends.localfs import LocalFsBackend
+    from nydus_compact.image.reference import is_image_ref
     from nydus_compact.rafs.inspect import inspect_document
     from nydus_compact.rafs.loader import load_bootstrap
 
-    bs = load_bootstrap(bootstrap)
-    backend = LocalFsBackend(dir=blobs_dir) if blobs_dir is not None else None
-    try:
-        doc = inspect_document(bootstrap, bs, backend=backend, with_chunks=chunks)
-        result = _verify(bs, backend) if verify and backend is not None else None
-    finally:
-        if backend is not None:
-            backend.close()
+    if is_image_ref(bootstrap):
+        from nydus_compact.image.errors import ImageUsageError
+        from nydus_compact.image.fetch import fetched_image
+
+        if blobs_dir is not None:
+            raise ImageUsageError("an image's blobs are read from its repository: drop --blobs-dir")
+        with fetched_image(bootstrap, image_opts.access(authfile, insecure_registry), platform) as image:
+            bs = load_bootstrap(image.bootstrap)
+            doc = inspect_document(image.bootstrap, bs, backend=image.backend, with_chunks=chunks)
+            doc["bootstrap"]["path"] = image.ref
+            doc["bootstrap"]["manifest_digest"] = image.manifest_digest
+            result = _verify(bs, image.backend) if verify else None
+    else:
+        if verify and blobs_dir is None:
+            raise typer.BadParameter("--verify needs --blobs-dir", param_hint="--verify")
+        path = Path(bootstrap)
+        bs = load_bootstrap(path)
+        backend = LocalFsBackend(dir=blobs_dir) if blobs_dir is not None else None
+        try:
+            doc = inspect_document(path, bs, backend=backend, with_chunks=chunks)
+            result = _verify(bs, backend) if verify and backend is not None else None
+        finally:
+            if backend is not None:
+                backend.close()
     if result is not None:
         doc["verify"] = result
     if as_json:

@@ -12,6 +12,7 @@ import typer
 
 from nydus_compact.applier.errors import ApplyError
 from nydus_compact.backends.errors import BackendError
+from nydus_compact.image.errors import ImageError, ImageUsageError
 from nydus_compact.mkimage.errors import BuildError
 from nydus_compact.planner.errors import PlanError, UsageError
 from nydus_compact.rafs.errors import RafsError
@@ -23,7 +24,8 @@ from . import commands  # noqa: F401  (registers the commands on the app)
 from .app import EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE, app, click_exceptions
 
 USER_ERRORS = (
-    RafsError, BackendError, BuildError, PlanError, StoreError, ApplyError, ReportError, SafeIOError, OSError
+    RafsError, BackendError, BuildError, PlanError, StoreError, ApplyError, ReportError, SafeIOError, ImageError,
+    OSError,
 )
 
 
@@ -79,6 +81,9 @@ def _run(args: list[str], debug: bool) -> int:
             return EXIT_USAGE  # the help text was already printed
         command = exc.ctx.command_path if exc.ctx is not None else "compact"
         print(f"{command}: error: {_one_line(exc.format_message())} (see '{command} --help')", file=sys.stderr)
+        return EXIT_USAGE
+    except ImageUsageError as exc:
+        print(f"compact: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except click_exceptions.ClickException as exc:
         exc.show(file=sys.stderr)

@@ -61,12 +61,17 @@ def mkimage_cmd(
         bool, typer.Option("--force", help="Write into a non-empty OUT_DIR (same-named files are replaced).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    output_image: Annotated[
+        str | None, typer.Option("--output-image", help="Also write the image as an OCI layout: oci:DIR:TAG.")
+    ] = None,
 ) -> None:
     """Build a multi-layer Nydus image: one data blob per layer, one merged bootstrap."""
     from nydus_compact.mkimage.builder import BuildOptions, build_image
     from nydus_compact.mkimage.sample import make_sample_layers
     from nydus_compact.rafs.compression import Compressor
     from nydus_compact.rafs.digest import Digester
+
+    from nydus_compact.image.build import write_layout_image
 
     with option_values(BuildError, ValueError):
         if compressor not in _COMPRESSORS:
@@ -83,6 +88,8 @@ def mkimage_cmd(
         opts.validate()
         if sample == bool(layers):
             raise BuildError("give either layer directories or --sample")
+        if output_image is not None and blob_toc:
+            raise BuildError("--output-image: blobs with a ToC have ids that are not the sha256 of their bytes and cannot be image layers")
     for layer in layers or []:
         # The image would land in (and with --force replace files of) the tree being read.
         if layer.resolve() == output.resolve() or layer.resolve() in output.resolve().parents:
@@ -94,10 +101,13 @@ def mkimage_cmd(
             result = build_image(make_sample_layers(Path(tmp), scale=sample_scale), output, opts)
     else:
         result = build_image(list(layers or []), output, opts)
-    _report(result, as_json)
+    digest = None
+    if output_image is not None:
+        digest = write_layout_image(output_image, result.bootstrap_path.read_bytes(), opts.fs_version, result.blob_paths)
+    _report(result, as_json, output_image, digest)
 
 
-def _report(result: BuildResult, as_json: bool) -> None:
+def _report(result: BuildResult, as_json: bool, image: str | None, digest: str | None) -> None:
     bs = result.bootstrap
     blobs = [
         {
@@ -111,8 +121,12 @@ def _report(result: BuildResult, as_json: bool) -> None:
     ]
     if as_json:
         doc = {"bootstrap": str(result.bootstrap_path), "fs_version": bs.version, "nodes": len(bs.nodes), "blobs": blobs}
+        if image is not None:
+            doc["image"] = {"ref": image, "manifest_digest": digest}
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
     typer.echo(f"bootstrap {result.bootstrap_path} (RAFS v{bs.version}, {plural(len(bs.nodes), 'node')}, {plural(len(blobs), 'blob')})", err=True)
     for blob in blobs:
         typer.echo(f"blob {blob['path']} ({plural(blob['chunk_count'], 'chunk')}, {human_size(blob['compressed_size'])})", err=True)
+    if image is not None:
+        typer.echo(f"image {image} ({digest})", err=True)

@@ -15,6 +15,9 @@ from nydus_compact.planner.formatting import human_size, limit_line, plural, sum
 from nydus_compact.safeio import OutputGuard, is_stdout
 from nydus_compact.store import default_state
 
+from nydus_compact.image.errors import ImageUsageError
+
+from . import image_opts
 from .app import EXIT_CHANGES, EXIT_OK, app, option_values
 from .progress import phases
 
@@ -101,8 +104,9 @@ def resolve_backend(
 
 @app.command("plan")
 def plan_command(
-    bootstraps: list[Path] = typer.Argument(
-        ..., help="Source bootstrap (RAFS v5 or v6); several images sharing a blob store give one fleet plan."
+    bootstraps: list[str] = typer.Argument(
+        ..., help="Source bootstrap (RAFS v5 or v6), or image reference docker://NAME[:TAG|@DIGEST] or "
+        "oci:DIR[:TAG]; several sharing a blob store (or repository) give one fleet plan.",
     ),
     blobs_dir: Path | None = typer.Option(None, "--blobs-dir", "-D", help="Directory holding the blobs, named by id."),
     backend_config: Path | None = typer.Option(
@@ -128,6 +132,11 @@ def plan_command(
     drop_unused_dict_blobs: bool = typer.Option(False, "--drop-unused-dict-blobs", help="I1: leave chunk-dict blobs no file uses out of the new table."),
     ratio_u8_wrap: bool = typer.Option(False, "--ratio-u8-wrap", help="Reproduce nydus-image 2.2's truncation of the used ratio to 0-255."),
     v6_key: str = typer.Option("offset", "--v6-key", help="How v6 chunks are identified: offset (v2.2.0) or digest (HEAD)."),
+    target: str | None = typer.Option(None, "--target", help="Image sources: where apply publishes the result (docker://… or oci:DIR:TAG; default: the source's repository, tag TAG-compact)."),
+    target_suffix: str | None = typer.Option(None, "--target-suffix", help="Image sources: each target is the source's tag plus this suffix (default -compact)."),
+    platform: str | None = typer.Option(None, "--platform", help="Image sources: os/arch or os/arch/variant to pick from an index (default: this machine's)."),
+    authfile: str | None = image_opts.AUTHFILE,
+    insecure_registry: list[str] = image_opts.INSECURE,
 ) -> int:
     """Index a bootstrap, decide what to delete / rebuild / merge, and write a reviewable plan.
 
@@ -142,6 +151,12 @@ def plan_command(
     At most 64 blobs, merging the blobs that cost the fewest extra bytes to rewrite:
 
         compact plan image.boot --blobs-dir blobs/ --max-blobs 64 -o plan.yaml
+
+    Images (blobs are read from the image's own repository or layout; apply publishes the result):
+
+        compact plan docker://reg.example.com/team/app:v1 --target docker://reg.example.com/team/app:v1-small -o plan.yaml
+
+        compact plan oci:./layout:v1 -o plan.yaml      # target: oci:./layout:v1-compact
     """
     from nydus_compact.backends.config import local_blob_places, open_backend
     from nydus_compact.planner.config import CompactConfig, load_config_file, merge
@@ -171,21 +186,48 @@ def plan_command(
         flags = Flags(**{**base.describe(), "i1_drop_unused_dict_blobs": drop_unused_dict_blobs,
                          "ratio_u8_wrap": ratio_u8_wrap, "v6_key": v6_key})
         dict_path = parse_chunk_dict(chunk_dict)
-    bcfg = resolve_backend(blobs_dir, backend_config, backend_type, cfg)
-    inputs = PlanInputs(bootstraps, dict_path, bcfg, cfg, flags, new_bootstrap)
     state_path = state or default_state(output)
-    guard = plan_command_guard(bootstraps, dict_path, bcfg, [config, backend_config])
+    from nydus_compact.image.reference import is_image_ref
+
+    refs = [b for b in bootstraps if is_image_ref(b)]
+    if refs:
+        from nydus_compact.image.planning import prepare_images, require_all_blobs
+
+        if len(refs) != len(bootstraps):
+            raise ImageUsageError("give bootstrap files or image references, not both")
+        if blobs_dir is not None or backend_config is not None or backend_type is not None:
+            raise ImageUsageError("image sources read blobs from their own repository: drop --blobs-dir / --backend-config")
+        if is_stdout(output):
+            raise ImageUsageError("an image plan keeps the images' bootstraps next to it: give -o FILE, not -")
+        guard = OutputGuard().input(dict_path, "the chunk dict").input(config, "a config file")
+        images = prepare_images(refs, output, image_opts.access(authfile, insecure_registry), target=target,
+                                target_suffix=target_suffix, platform=platform)
+        inputs = PlanInputs(images.bootstraps, dict_path, images.backend_config, cfg, flags, new_bootstrap,
+                            images.sources)
+        guard.inputs(images.bootstraps, "a source bootstrap")
+        opened = images.backend
+    else:
+        if target is not None or target_suffix is not None or platform is not None:
+            raise ImageUsageError("--target, --target-suffix and --platform apply to image references only")
+        paths = [Path(b) for b in bootstraps]
+        bcfg = resolve_backend(blobs_dir, backend_config, backend_type, cfg)
+        inputs = PlanInputs(paths, dict_path, bcfg, cfg, flags, new_bootstrap)
+        guard = plan_command_guard(paths, dict_path, bcfg, [config, backend_config])
+        opened = open_backend(bcfg)
     guard.output(state_path, "the state store (--state)")
     if new_bootstrap is not None:  # written by apply, refused now rather than after the review
         guard.output(new_bootstrap, "the new bootstrap (-O)")
     # Phases on a terminal: a plan of a million-occurrence image takes seconds.
-    with phases(sys.stderr.isatty(), "plan", PLAN_PHASES) as progress, open_backend(bcfg) as backend, \
+    with phases(sys.stderr.isatty(), "plan", PLAN_PHASES) as progress, opened as backend, \
             new_state_removed_on_failure(state_path):
         with open_store(state_path) as store:
             outcome = make_plan(inputs, backend, store, progress)
         plan = outcome.plan
-        _, blob_files = local_blob_places(bcfg.config | {"type": bcfg.type}, [b.blob_id for b in plan.blobs])
-        guard.inputs(blob_files, "a source blob")
+        if refs:
+            require_all_blobs(plan)
+        else:
+            _, blob_files = local_blob_places(bcfg.config | {"type": bcfg.type}, [b.blob_id for b in plan.blobs])
+            guard.inputs(blob_files, "a source blob")
         if not is_stdout(output):
             guard.output(output, "the plan (-o)")
             write_plan(plan, output)

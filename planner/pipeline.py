@@ -34,7 +34,7 @@ from .flags import Flags
 from .fleet import Union, referenced_bytes, unite
 from .layout import Layout, layout
 from .max_blobs import LimitResult, limit_blobs
-from .plan import Group, InputFile, InputImage, MaxBlobs, Plan, PlanBlob, Summary
+from .plan import Group, ImageSource, InputFile, InputImage, MaxBlobs, Plan, PlanBlob, Summary
 from .policy import Decisions, decide
 from .vocab import Action, NoopReason, Reason
 from .review import relayout
@@ -50,6 +50,7 @@ class PlanInputs:
     config: CompactConfig
     flags: Flags
     output: Path | None = None  # new bootstrap path of a single image; default <bootstrap>.compact
+    image_sources: list[ImageSource] | None = None  # per bootstrap, when the inputs were image references
 
 
 @dataclass
@@ -138,8 +139,9 @@ def make_plan(
             digester=bs.digester.label,
             blob_count=len(bs.blobs),
             output=str(out),
+            image=inputs.image_sources[k] if inputs.image_sources else None,
         )
-        for p, bs, sha, out in zip(paths, sources, shas, outputs)
+        for k, (p, bs, sha, out) in enumerate(zip(paths, sources, shas, outputs))
     ]
     # From here on only the union's blob tables and chunk arrays matter: the trees (~1 KB of
     # Python objects per node) would otherwise stay resident through decide and layout.

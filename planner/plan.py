@@ -21,6 +21,19 @@ FORMAT = "nydus-compact-plan/1"
 ALGORITHM = "nydus-compact-R1"
 
 @dataclass
+class ImageSource:
+    """Where an image plan's bootstrap came from and where apply publishes the result (no secrets)."""
+
+    source: str  # docker://… or oci:… as given, canonical
+    digest: str  # what the source reference named when planned (an index's digest for an index)
+    manifest_digest: str  # the nydus manifest the bootstrap was read from
+    platform: str | None  # the index entry's platform, None when the reference named a manifest
+    target: str
+    source_scheme: str | None = None  # http / https for registries
+    target_scheme: str | None = None
+
+
+@dataclass
 class InputImage:
     path: str
     sha256: str
@@ -31,6 +44,7 @@ class InputImage:
     digester: str
     blob_count: int
     output: str  # file name of the new bootstrap apply writes for this image
+    image: ImageSource | None = None  # set when the input was an image reference
 
 
 @dataclass
@@ -133,6 +147,10 @@ class Plan:
     def body(self) -> dict:
         """Everything the digest covers, as plain data in a fixed order."""
         d = plain({k: v for k, v in asdict(self).items() if k != "base_dir"})
+        # File plans carry no image section: their digests stay what they always were.
+        for im in d["images"]:
+            if im["image"] is None:
+                del im["image"]
         d["merge_candidates"] = [list(c) for c in self.merge_candidates]
         if d["max_blobs"] is None:  # plans made without the limit keep their digests
             del d["max_blobs"]

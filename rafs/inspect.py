@@ -97,7 +97,9 @@ def _observed_blobs(bs: Bootstrap, backend: LocalFsBackend | None) -> list[dict[
     out: list[dict[str, Any] | None] = []
     for blob in bs.blobs:
         try:
-            out.append({"file": str(backend.blob_path(blob.blob_id)), "file_size": backend.blob_size(blob.blob_id)})
+            # Only local backends have a file per blob; an image's registry does not.
+            where = backend.blob_path(blob.blob_id) if hasattr(backend, "blob_path") else None
+            out.append({"file": str(where) if where else None, "file_size": backend.blob_size(blob.blob_id)})
         except BackendError as exc:
             out.append({"file": None, "file_size": None, "error": str(exc)})
     return out

@@ -219,8 +219,9 @@ def test_demo_end_to_end(tmp_path):
     assert done.rc == 0, done.err
     lines = done.out.splitlines()
     assert [line.split()[0] for line in lines] == [
-        "image", "plan", "state", "applied", "apply", "verify", "report", "report", "deletable"
+        "image", "plan", "state", "applied", "apply", "verify", "report", "report", "deletable", "layout", "verify"
     ]
+    assert "published oci:" in lines[-2] and "sample-compact" in lines[-2] and " OK: " in lines[-1]
     for name in ("plan.yaml", "plan.state.sqlite", "apply.json", "report.md", "report.html",
                  "image/image.boot", "image/image.boot.compact"):
         assert (tmp_path / "out" / name).is_file(), name

@@ -9,7 +9,12 @@ from pathlib import Path
 from nydus_compact.applier.apply import ApplyOptions, ApplyResult, apply_plan
 from nydus_compact.applier.verify import VerifyReport, record_verification, verify_image
 from nydus_compact.backends.config import localfs_config, open_backend
-from nydus_compact.mkimage.builder import BuildOptions, build_image
+from nydus_compact.image.build import write_layout_image
+from nydus_compact.image.fetch import fetched_image
+from nydus_compact.image.planning import prepare_images, work_dir
+from nydus_compact.image.publish import Published, apply_image_plan
+from nydus_compact.image.source import Access
+from nydus_compact.mkimage.builder import BuildOptions, BuildResult, build_image
 from nydus_compact.mkimage.sample import make_sample_layers
 from nydus_compact.planner.config import CompactConfig
 from nydus_compact.planner.flags import Flags
@@ -45,6 +50,7 @@ class DemoResult:
     plan: Plan
     applied: ApplyResult
     verified: VerifyReport
+    image: DemoImage
 
     def lines(self) -> list[str]:
         """What `compact demo` prints: where everything went, one line each."""
@@ -61,7 +67,39 @@ class DemoResult:
             f"report     {self.report_html}",
             f"deletable  {plural(len(p.deletable), 'blob')} ({reclaim}) once {self.bootstrap} is retired: "
             f"compact gc --keep {self.new_bootstrap} --blobs-dir {self.blobs_dir}",
+            f"layout     {self.image.source} -> {self.image.published.line()} (plan {self.image.plan_path})",
+            f"verify     {self.image.verified.summary(self.image.published.target)}",
         ]
+
+
+@dataclass
+class DemoImage:
+    """The image step: the same sample as an OCI layout, compacted into a new tag of that layout."""
+
+    source: str
+    plan_path: Path
+    published: Published
+    verified: VerifyReport
+
+
+def image_step(out: Path, built: BuildResult, clock: Clock) -> DemoImage:
+    """`compact plan oci:LAYOUT:sample` then `compact apply`: the layout gains tag sample-compact."""
+    layout = out / "layout"
+    source = f"oci:{layout}:sample"
+    write_layout_image(source, built.bootstrap_path.read_bytes(), DEMO_BUILD.fs_version, built.blob_paths)
+    plan_path = out / "image-plan.yaml"
+    access = Access()
+    images = prepare_images([source], plan_path, access, target=None, target_suffix=None, platform=None)
+    with images.backend as backend, open_store(out / "image-plan.state.sqlite", clock=clock) as store:
+        inputs = PlanInputs(images.bootstraps, None, images.backend_config, DEMO_CONFIG, Flags.tool_default(),
+                            image_sources=images.sources)
+        plan = make_plan(inputs, backend, store).plan
+        write_plan(plan, plan_path)
+        opts = ApplyOptions(plan_path, work_dir(plan_path) / "blobs", output_json=out / "image-apply.json")
+        _, [published] = apply_image_plan(plan, plan.digest, opts, access, store)
+    with fetched_image(published.target, access) as image:
+        verified = verify_image(load_bootstrap(image.bootstrap), image.backend)
+    return DemoImage(source, plan_path, published, verified)
 
 
 def write_reports(store: Store, plan: Plan, plan_path: Path, out_md: Path, out_html: Path) -> None:
@@ -100,7 +138,8 @@ def run_demo(out: Path, *, force: bool = False, clock: Clock = utc_now) -> DemoR
         record_verification(store, applied.run_id, verified, applied.bootstrap)
         report_md, report_html = out / "report.md", out / "report.html"
         write_reports(store, plan, plan_path, report_md, report_html)
+    image = image_step(out, built, clock)
     return DemoResult(
         bootstrap, blobs_dir, plan_path, state, applied.bootstrap, apply_json, report_md, report_html,
-        plan, applied, verified,
+        plan, applied, verified, image,
     )
