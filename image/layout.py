@@ -18,7 +18,7 @@ from typing import Any
 
 from nydus_compact.backends.base import BlobBackend
 from nydus_compact.backends.localfs import LocalFsBackend
-from nydus_compact.safeio import atomic_writer
+from nydus_compact.safeio import OutputGuard, atomic_writer, check_regular
 
 from .errors import ImageError
 from .registry import not_its_digest
@@ -111,7 +111,8 @@ class LayoutRepo:
                 entries.append(entry)
             if index.get("mediaType") not in INDEX_TYPES:
                 index.setdefault("mediaType", OCI_INDEX)
-            with atomic_writer(self.path / INDEX_FILE) as fp:
+            index_path = OutputGuard().output(self.path / INDEX_FILE, "the layout's index.json", rewrites_input=True)
+            with atomic_writer(index_path) as fp:
                 fp.write(dumps(index))
 
     @contextlib.contextmanager
@@ -169,6 +170,7 @@ class LayoutRepo:
     def _write_blob(self, hex_id: str, parts: Iterator[bytes]) -> bool:
         """Store content under its digest, checking the digest; False if it was already there."""
         final = self.blobs / hex_id
+        check_regular(final, f"blob sha256:{hex_id} of the layout")
         if final.is_file():
             return False
         h = hashlib.sha256()

@@ -9,7 +9,7 @@ from pathlib import Path
 from nydus_compact.backends.base import BlobBackend
 from nydus_compact.backends.config import BackendConfig
 from nydus_compact.planner.plan import ImageSource
-from nydus_compact.safeio import atomic_write_bytes
+from nydus_compact.safeio import atomic_write_bytes, check_regular
 
 from .errors import ImageError, ImageUsageError
 from .layout import LayoutRepo
@@ -77,6 +77,7 @@ def prepare_images(
             raise ImageError(f"{ref}: names the same image as another source ({resolved.manifest_digest})")
         seen.add(resolved.manifest_digest)
         boot = work / f"source-{resolved.manifest_digest.split(':')[1][:16]}.boot"
+        check_regular(boot, f"the bootstrap of {ref}")
         atomic_write_bytes(boot, read_bootstrap(repo, resolved))
         boots.append(boot)
         sources.append(ImageSource(

@@ -8,6 +8,7 @@ the tag never names a half-published image. Every published blob is checkpointed
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from nydus_compact.applier.errors import ApplyError
 from nydus_compact.applier.faults import fault_point
 from nydus_compact.planner.plan import ImageSource, Plan
 from nydus_compact.rafs.loader import detect_version
-from nydus_compact.safeio import atomic_write_bytes
+from nydus_compact.safeio import OutputGuard, atomic_write_bytes, is_stdout
 from nydus_compact.store.db import Store
 from nydus_compact.store.runs import STEP_DONE, find_run, steps
 
@@ -72,6 +73,9 @@ def apply_image_plan(
 
     bcfg = backend_config_of(source_ref, source, access)
     json_path = opts.output_json
+    if json_path is not None and not is_stdout(json_path):
+        OutputGuard().input(opts.plan_path, "the plan").inputs([im.path for im in plan.images], "a source bootstrap") \
+            .output(json_path, "the output JSON (--output-json)")
     opts.output_json = None  # the image flow writes its own, with what was published
     published: list[Published] = []
     try:
@@ -89,7 +93,11 @@ def apply_image_plan(
         source.close()
     if json_path is not None:
         doc = {**result.output_document(), "published": [p.document() for p in published]}
-        atomic_write_bytes(json_path, json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
+        text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        if is_stdout(json_path):
+            sys.stdout.write(text)
+        else:
+            atomic_write_bytes(json_path, text.encode())
     return result, published
 
 
