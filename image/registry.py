@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 
 from nydus_compact.backends.errors import BackendError
-from nydus_compact.backends.registry import RegistryBackend, _closing, _read_window
+from nydus_compact.backends.registry import RegistryBackend, _closing, read_window
 
 from .errors import ImageError
 from .manifest import ACCEPT, MAX_MANIFEST
@@ -43,7 +43,7 @@ class RegistryRepo(RegistryBackend):
                 if resp.status_code == 404:
                     return None
                 self._expect(resp, (200,), f"GET manifest {reference}")
-                body = _read_window(resp, 0, MAX_MANIFEST + 1)
+                body = read_window(resp, 0, MAX_MANIFEST + 1)
                 return body, resp.headers.get("Content-Type")
 
         return self._retrying(f"GET manifest {reference}", once)
