@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from nydus_compact.backends.base import BlobBackend
-from nydus_compact.backends.config import BackendConfig
+from nydus_compact.backends.config import BackendConfig, map_local_paths
 from nydus_compact.backends.errors import BlobNotFoundError
 from nydus_compact import version
 from nydus_compact.backends.localfs import LocalFsBackend
@@ -108,15 +108,15 @@ def stale_reasons(plan: Plan, backend: BlobBackend, backend_config: BackendConfi
     """Everything that differs between the plan's recorded inputs and the inputs now."""
     reasons = []
     for im in plan.images:
-        path = Path(im.path)
+        path = plan.locate(im.path)
         if not path.is_file():
-            reasons.append(f"bootstrap {im.path} is gone")
+            reasons.append(f"bootstrap {path} is gone")
         elif bootstrap_sha256(path) != im.sha256:
-            reasons.append(f"bootstrap {im.path} changed (sha256 differs)")
+            reasons.append(f"bootstrap {path} changed (sha256 differs)")
     if plan.chunk_dict is not None:
-        path = Path(plan.chunk_dict.path)
+        path = plan.locate(plan.chunk_dict.path)
         if not path.is_file() or bootstrap_sha256(path) != plan.chunk_dict.sha256:
-            reasons.append(f"chunk dict {plan.chunk_dict.path} changed or is gone")
+            reasons.append(f"chunk dict {path} changed or is gone")
     try:
         cfg_bytes = canonical_json(CompactConfig(**plan.config))
     except (TypeError, PlanError) as exc:
@@ -124,7 +124,9 @@ def stale_reasons(plan: Plan, backend: BlobBackend, backend_config: BackendConfi
     else:
         if hashlib.sha256(cfg_bytes).hexdigest() != plan.config_sha256:
             reasons.append("config section was edited (config_sha256 differs); edit decisions, not the config")
-    if backend_config.fingerprint() != plan.backend:
+    # Local paths compare as absolute paths: the plan stores them relative to itself.
+    planned = map_local_paths(plan.backend, lambda p: os.path.abspath(plan.locate(p)))
+    if backend_config.fingerprint(os.path.abspath) != planned:
         reasons.append("the backend differs from the one the plan was made with")
     for b in plan.blobs:
         if b.observed_size is None:
@@ -150,7 +152,7 @@ class Prepared:
 
 def prepare(plan: Plan, source_name: str, images: list[Bootstrap]) -> Prepared:
     """Recompute the recipe from the plan's decisions and refuse any that lose a chunk."""
-    dict_bs = load_bootstrap(plan.chunk_dict.path) if plan.chunk_dict is not None else None
+    dict_bs = load_bootstrap(plan.locate(plan.chunk_dict.path)) if plan.chunk_dict is not None else None
     union, _, result = relayout(plan, source_name, images, dict_bs)
     facts = union.facts
     sources = list(facts.blobs)
@@ -166,7 +168,7 @@ def prepare(plan: Plan, source_name: str, images: list[Bootstrap]) -> Prepared:
                 ids.add(fact.blob_id)
                 sources.append(fact)
                 infos.append(info)
-    return Prepared(result, union, sources, infos, [im.path for im in plan.images])
+    return Prepared(result, union, sources, infos, [str(plan.locate(im.path)) for im in plan.images])
 
 
 def output_paths(plan: Plan, opts: ApplyOptions) -> list[Path]:
@@ -176,7 +178,7 @@ def output_paths(plan: Plan, opts: ApplyOptions) -> list[Path]:
             raise ApplyError("-O names one output; this plan has several images: use --output-dir")
         return [opts.output_bootstrap]
     if opts.output_dir is None:
-        return [Path(im.output) for im in plan.images]
+        return [plan.locate(im.output) for im in plan.images]
     names = [Path(im.path).name for im in plan.images]
     clash = len(set(names)) != len(names)
     # Sources with the same file name (a/image.boot, b/image.boot) keep their plan order as a prefix.
@@ -208,7 +210,7 @@ def apply_plan(
         return ApplyResult("no-changes", f"nothing to do: {plan.summary.noop_reason}", plan_digest=digest)
 
     phase("loading the source bootstraps", 0, 0)
-    images = [load_bootstrap(im.path) for im in plan.images]
+    images = [load_bootstrap(plan.locate(im.path)) for im in plan.images]
     phase("re-validating the plan's decisions", 0, 0)
     prep = prepare(plan, source_name, images)
     # Only the layout's relocated occurrences are used from here on: drop the sources' and the

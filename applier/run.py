@@ -7,7 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nydus_compact.backends.config import FINGERPRINT_KEYS, BackendConfig, load_backend_config, open_backend
+from nydus_compact.backends.config import (
+    FINGERPRINT_KEYS, BackendConfig, load_backend_config, map_local_paths, open_backend,
+)
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.rafs.loader import load_bootstrap
@@ -47,17 +49,19 @@ class ApplyOutcome:
         return all(report.ok for _, report in self.verified)
 
 
-def plan_backend(recorded: dict, backend_config: Path | None, backend_type: str | None) -> BackendConfig:
-    """The backend to read source blobs from: given again, or rebuilt from the plan for localfs."""
+def plan_backend(plan: Plan, backend_config: Path | None, backend_type: str | None) -> BackendConfig:
+    """The backend to read source blobs from: given again, or rebuilt from the plan for localfs
+    (its local paths are stored relative to the plan file)."""
     if backend_config is not None:
         return load_backend_config(backend_config, backend_type)
+    recorded = plan.backend
     if recorded.get("type") != "localfs":
         raise ApplyError(
             f"the plan reads blobs from a {recorded.get('type')} backend; pass the same --backend-config "
             "(secrets are never stored in plans)"
         )
-    cfg = {k: recorded[k] for k in FINGERPRINT_KEYS if k in recorded}
-    return BackendConfig("localfs", cfg, "plan")
+    located = map_local_paths(recorded, lambda p: str(plan.locate(p)))
+    return BackendConfig("localfs", {k: located[k] for k in FINGERPRINT_KEYS if k in located}, "plan")
 
 
 def run_apply(
@@ -65,7 +69,7 @@ def run_apply(
 ) -> ApplyOutcome:
     """``loaded``: the plan and its recorded digest, when the caller has read the plan already."""
     plan, recorded = loaded or load_plan(req.plan_path)
-    bcfg = plan_backend(plan.backend, req.backend_config, req.backend_type)
+    bcfg = plan_backend(plan, req.backend_config, req.backend_type)
     blobs_dir = req.blobs_dir
     if blobs_dir is None:
         default = bcfg.config.get("dir") or plan.config.get("blobs_dir")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,6 @@ from nydus_compact.rafs.model import Bootstrap
 from nydus_compact.store.db import Store
 from nydus_compact.store.runs import STEP_DONE, STEP_FAILED, VERIFY_STEP, record_step
 
-BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")
 # Step key under which a verification of an apply run's output is kept in its audit trail.
 
 
@@ -46,14 +44,6 @@ def verify_image(
     source = ChunkSource(bs, backend)
     problems = source.verify(progress=progress, limit=limit)
     return VerifyReport(problems, source.stats, len(bs.blobs))
-
-
-def orphaned_blobs(blobs_dir: Path, keep: list[Bootstrap]) -> list[Path]:
-    """Blob files (64-hex names) in ``blobs_dir`` that no bootstrap in ``keep`` references."""
-    referenced = {b.blob_id for bs in keep for b in bs.blobs}
-    return sorted(
-        p for p in blobs_dir.iterdir() if p.is_file() and BLOB_NAME.match(p.name) and p.name not in referenced
-    )
 
 
 def record_verification(store: Store, run_id: int, report: VerifyReport, bootstrap: Path) -> None:

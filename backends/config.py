@@ -46,12 +46,18 @@ class BackendConfig:
         for key in FINGERPRINT_KEYS:
             if self.config.get(key) not in (None, "", []):
                 out[key] = self.config[key]
-        if path is not None and self.type == "localfs":
-            out |= {k: path(out[k]) for k in PATH_KEYS if k in out}
-            if "alt_dirs" in out:
-                out["alt_dirs"] = [path(d) for d in out["alt_dirs"]]
         out["authenticated"] = any(self.config.get(k) for k in SECRET_KEYS)
-        return out
+        return map_local_paths(out, path) if path is not None else out
+
+
+def map_local_paths(fingerprint: dict, path: Callable[[str], str]) -> dict:
+    """A localfs fingerprint (or config) with ``path`` applied to each of its local paths."""
+    if fingerprint.get("type") != "localfs":
+        return fingerprint
+    out = dict(fingerprint) | {k: path(fingerprint[k]) for k in PATH_KEYS if isinstance(fingerprint.get(k), str)}
+    if isinstance(out.get("alt_dirs"), list):
+        out["alt_dirs"] = [path(d) for d in out["alt_dirs"]]
+    return out
 
 
 def local_blob_places(

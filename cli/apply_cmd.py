@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import typer
@@ -164,40 +164,61 @@ def verify_command(
 
 @app.command("gc")
 def gc_command(
-    keep: list[str] = typer.Option(..., "--keep", help="Bootstrap (or image reference docker://…, oci:…) whose blobs must stay (repeatable)."),
+    keep: list[str] = typer.Option(..., "--keep", help="Bootstrap or image reference (docker://…, oci:…) whose blobs must stay (repeatable: --keep A --keep B)."),
     blobs_dir: Path = typer.Option(..., "--blobs-dir", "-D", help="Directory holding blob files."),
+    drop: list[Path] = typer.Option([], "--drop", help="Retired bootstrap whose blobs may go (repeatable)."),
+    plans: list[Path] = typer.Option([], "--plan", help="Applied plan whose `deletable` blobs may go (repeatable)."),
+    state: Path | None = typer.Option(None, "--state", help="State store of the --plan (default: PLAN.state.sqlite next to it)."),
     delete: bool = typer.Option(False, "--delete", help="Really delete; without it, only list (dry run)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     authfile: str | None = image_opts.AUTHFILE,
     insecure_registry: list[str] = image_opts.INSECURE,
 ) -> int:
-    """List (or with --delete remove) blob files no given bootstrap references.
+    """List (or with --delete remove) the blob files of retired images that no kept bootstrap
+    references. Only blobs gc can attribute are deleted: those in the blob tables of the
+    bootstraps named by --drop, or in the `deletable` list of a plan that was applied (--plan).
+    Other files are listed as unknown and left alone; deleting waits for no apply (it takes the
+    blobs dir's lock and fails if an apply holds it).
 
     Example:
 
-        compact gc --keep image.compact.boot --blobs-dir blobs/ --delete
+        compact gc --keep image.compact.boot --drop image.boot --blobs-dir blobs/ --delete
     """
-    from nydus_compact.applier.verify import orphaned_blobs
-    from nydus_compact.rafs.loader import load_bootstrap
+    from nydus_compact.applier.gc import collect_garbage
 
-    kept = []
-    for k in keep:
-        if is_image_ref(k):
-            from nydus_compact.image.fetch import fetched_image
+    if delete and not (drop or plans):
+        raise typer.BadParameter(
+            "gc deletes only blobs it can attribute: name the retired images with --drop OLD.boot or --plan PLAN.yaml",
+            param_hint="--delete",
+        )
+    with ExitStack() as stack:
+        kept = []
+        for k in keep:
+            if is_image_ref(k):
+                from nydus_compact.image.fetch import fetched_image
 
-            with fetched_image(k, image_opts.access(authfile, insecure_registry)) as image:
-                kept.append(load_bootstrap(image.bootstrap))
-        else:
-            kept.append(load_bootstrap(k))
-    orphans = orphaned_blobs(blobs_dir, kept)
-    total = sum(p.stat().st_size for p in orphans)
-    if delete:
-        for p in orphans:
-            p.unlink()
+                image = stack.enter_context(fetched_image(k, image_opts.access(authfile, insecure_registry)))
+                kept.append(image.bootstrap)
+            else:
+                kept.append(Path(k))
+        result = collect_garbage(blobs_dir, kept, drop, plans, delete=delete, state=state)
     if as_json:
-        typer.echo(json.dumps({"deleted": delete, "blobs": [p.name for p in orphans], "bytes": total}, indent=2))
-    else:
-        for p in orphans:
-            typer.echo(f"{'deleted' if delete else 'unreferenced'} {p}")
-        typer.echo(f"{plural(len(orphans), 'blob')}, {human_size(total)} {'deleted' if delete else 'reclaimable (dry run; add --delete)'}")
+        typer.echo(json.dumps(result.document(), indent=2))
+        return EXIT_OK
+    verb = "deleted" if result.deleted else "deletable"
+    for p in result.deletable:
+        typer.echo(f"{verb} {p}")
+    for p in result.still_referenced:
+        typer.echo(f"still used by a kept bootstrap, left alone {p}")
+    for p in result.unknown:
+        typer.echo(f"unknown, left alone {p}")
+    for p in result.stale_temps:
+        typer.echo(f"stale temp file, left alone {p}")
+    done = "deleted" if result.deleted else "reclaimable (dry run; add --delete)"
+    if not (drop or plans):
+        done = "deletable (gc deletes only blobs named by --drop or --plan)"
+    typer.echo(
+        f"{plural(len(result.deletable), 'blob')}, {human_size(result.bytes)} {done}; "
+        f"{plural(len(result.unknown), 'unknown file')} left alone"
+    )
     return EXIT_OK

@@ -186,6 +186,7 @@ def plan_command(
         flags = Flags(**{**base.describe(), "i1_drop_unused_dict_blobs": drop_unused_dict_blobs,
                          "ratio_u8_wrap": ratio_u8_wrap, "v6_key": v6_key})
         dict_path = parse_chunk_dict(chunk_dict)
+    plan_dir = Path(".") if is_stdout(output) else output.parent
     state_path = state or default_state(output)
     from nydus_compact.image.reference import is_image_ref
 
@@ -203,7 +204,7 @@ def plan_command(
         images = prepare_images(refs, output, image_opts.access(authfile, insecure_registry), target=target,
                                 target_suffix=target_suffix, platform=platform)
         inputs = PlanInputs(images.bootstraps, dict_path, images.backend_config, cfg, flags, new_bootstrap,
-                            images.sources)
+                            image_sources=images.sources, plan_dir=plan_dir)
         guard.inputs(images.bootstraps, "a source bootstrap")
         opened = images.backend
     else:
@@ -211,7 +212,7 @@ def plan_command(
             raise ImageUsageError("--target, --target-suffix and --platform apply to image references only")
         paths = [Path(b) for b in bootstraps]
         bcfg = resolve_backend(blobs_dir, backend_config, backend_type, cfg)
-        inputs = PlanInputs(paths, dict_path, bcfg, cfg, flags, new_bootstrap)
+        inputs = PlanInputs(paths, dict_path, bcfg, cfg, flags, new_bootstrap, plan_dir=plan_dir)
         guard = plan_command_guard(paths, dict_path, bcfg, [config, backend_config])
         opened = open_backend(bcfg)
     guard.output(state_path, "the state store (--state)")

@@ -74,7 +74,7 @@ def apply_image_plan(
     bcfg = backend_config_of(source_ref, source, access)
     json_path = opts.output_json
     if json_path is not None and not is_stdout(json_path):
-        OutputGuard().input(opts.plan_path, "the plan").inputs([im.path for im in plan.images], "a source bootstrap") \
+        OutputGuard().input(opts.plan_path, "the plan").inputs([plan.locate(im.path) for im in plan.images], "a source bootstrap") \
             .output(json_path, "the output JSON (--output-json)")
     opts.output_json = None  # the image flow writes its own, with what was published
     published: list[Published] = []

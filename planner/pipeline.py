@@ -34,7 +34,7 @@ from .flags import Flags
 from .fleet import Union, referenced_bytes, unite
 from .layout import Layout, layout
 from .max_blobs import LimitResult, limit_blobs
-from .plan import Group, ImageSource, InputFile, InputImage, MaxBlobs, Plan, PlanBlob, Summary
+from .plan import Group, ImageSource, InputFile, InputImage, MaxBlobs, Plan, PlanBlob, Summary, stored_path
 from .policy import Decisions, decide
 from .vocab import Action, NoopReason, Reason
 from .review import relayout
@@ -51,6 +51,7 @@ class PlanInputs:
     flags: Flags
     output: Path | None = None  # new bootstrap path of a single image; default <bootstrap>.compact
     image_sources: list[ImageSource] | None = None  # per bootstrap, when the inputs were image references
+    plan_dir: Path = Path(".")  # where the plan file goes: the plan stores paths relative to it
 
 
 @dataclass
@@ -119,7 +120,9 @@ def make_plan(
     if inputs.chunk_dict is not None:
         dict_bs = load_bootstrap(inputs.chunk_dict)
         check_dict_compatible(sources[0], dict_bs, inputs.chunk_dict)
-        dict_file = InputFile(str(inputs.chunk_dict), bootstrap_sha256(inputs.chunk_dict), inputs.chunk_dict.stat().st_size)
+        dict_file = InputFile(
+            stored_path(inputs.chunk_dict, inputs.plan_dir), bootstrap_sha256(inputs.chunk_dict), inputs.chunk_dict.stat().st_size
+        )
 
     phase("index")
     all_ids = [b.blob_id for bs in sources for b in bs.blobs] + ([b.blob_id for b in dict_bs.blobs] if dict_bs else [])
@@ -130,7 +133,7 @@ def make_plan(
     outputs = [inputs.output or default_output(p) for p in paths]
     images = [
         InputImage(
-            path=str(p),
+            path=stored_path(p, inputs.plan_dir),
             sha256=sha,
             size=p.stat().st_size,
             rafs_version=bs.version,
@@ -138,7 +141,7 @@ def make_plan(
             compressor=bs.compressor.label,
             digester=bs.digester.label,
             blob_count=len(bs.blobs),
-            output=str(out),
+            output=stored_path(out, inputs.plan_dir),
             image=inputs.image_sources[k] if inputs.image_sources else None,
         )
         for k, (p, bs, sha, out) in enumerate(zip(paths, sources, shas, outputs))
@@ -164,9 +167,10 @@ def make_plan(
         "flags": inputs.flags,
         "config": json.loads(canonical_json(inputs.config)),
         "config_sha256": hashlib.sha256(canonical_json(inputs.config)).hexdigest(),
-        "backend": inputs.backend_config.fingerprint(),
+        "backend": inputs.backend_config.fingerprint(lambda p: stored_path(p, inputs.plan_dir)),
     }
     plan = _describe(header, inputs.flags, images, union, dict_file, decisions, result, sizes, missing, limit)
+    plan.base_dir = inputs.plan_dir
     _save_recipe(store, plan, image_ids, inputs, decisions, result)
     return PlanOutcome(plan, decisions, result, image_ids, limit)
 
@@ -215,15 +219,15 @@ def rederive(plan: Plan, recorded_digest: str | None, source: str) -> Rederived:
     if recorded_digest is None or recorded_digest == plan.digest or not plan.summary.changes:
         return Rederived(plan)
     for im in plan.images:
-        path = Path(im.path)
+        path = plan.locate(im.path)
         if not path.is_file() or bootstrap_sha256(path) != im.sha256:
-            return Rederived(plan, f"bootstrap {im.path} is gone or changed, so its numbers are as the file says")
+            return Rederived(plan, f"bootstrap {path} is gone or changed, so its numbers are as the file says")
     if plan.chunk_dict is not None:
-        path = Path(plan.chunk_dict.path)
+        path = plan.locate(plan.chunk_dict.path)
         if not path.is_file() or bootstrap_sha256(path) != plan.chunk_dict.sha256:
-            return Rederived(plan, f"chunk dict {plan.chunk_dict.path} is gone or changed, so its numbers are as the file says")
-    sources = [load_bootstrap(im.path) for im in plan.images]
-    dict_bs = load_bootstrap(plan.chunk_dict.path) if plan.chunk_dict is not None else None
+            return Rederived(plan, f"chunk dict {path} is gone or changed, so its numbers are as the file says")
+    sources = [load_bootstrap(plan.locate(im.path)) for im in plan.images]
+    dict_bs = load_bootstrap(plan.locate(plan.chunk_dict.path)) if plan.chunk_dict is not None else None
     try:
         union, decisions, result = relayout(plan, source, sources, dict_bs)
     except PlanError as exc:
@@ -233,7 +237,8 @@ def rederive(plan: Plan, recorded_digest: str | None, source: str) -> Rederived:
     again = _describe(header, plan.flags, plan.images, union, plan.chunk_dict, decisions, result, sizes, {})
     # What the reviewer wrote stays: decisions and reasons, and the plan's findings and candidates.
     return Rederived(
-        replace(again, findings=plan.findings, merge_candidates=plan.merge_candidates, max_blobs=plan.max_blobs)
+        replace(again, findings=plan.findings, merge_candidates=plan.merge_candidates, max_blobs=plan.max_blobs,
+                base_dir=plan.base_dir)
     )
 
 
@@ -384,6 +389,7 @@ def _describe(
             blobs_after=list(limit.after),
             extra_bytes=limit.extra_bytes,
         ),
+        base_dir=inputs.plan_dir,
     )
 
 

@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING
 import yaml
 from yaml.composer import Composer
 from yaml.constructor import SafeConstructor
+from yaml.events import AliasEvent
+from yaml.parser import Parser
+from yaml.reader import Reader
 from yaml.resolver import Resolver
+from yaml.scanner import Scanner
 
 from nydus_compact.safeio import atomic_write_text
 from nydus_compact.templates import environment
@@ -35,20 +39,49 @@ if TYPE_CHECKING:
 MAX_PLAN_BYTES = 256 * 1024 * 1024
 
 
+class AliasRefusedError(yaml.YAMLError):
+    """The document uses a YAML anchor or alias."""
+
+    def __init__(self, mark: yaml.Mark) -> None:
+        super().__init__("anchor or alias")
+        self.problem_mark = mark
+
+
+class _NoAliasComposer(Composer):
+    """Refuses anchors and aliases while composing, before anything is expanded: a plan the tool
+    writes has none, and a few KB of nested aliases expand to gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        event = self.peek_event()
+        if isinstance(event, AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise AliasRefusedError(event.start_mark)
+        return super().compose_node(parent, index)
+
+
+class _ReferenceLoader(Reader, Scanner, Parser, _NoAliasComposer, SafeConstructor, Resolver):
+    def __init__(self, stream: str) -> None:
+        Reader.__init__(self, stream)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        _NoAliasComposer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+
+
 def _safe_loader() -> type:
-    """yaml.SafeLoader with libyaml's parser when PyYAML has it (about 5 times faster).
+    """The reference loader with libyaml's parser when PyYAML has it (about 5 times faster).
 
     The composer stays PyYAML's Python one: libyaml's composer recurses in C, so deeply nested
     input would overflow the C stack instead of raising the RecursionError reported below."""
     try:
         from yaml._yaml import CParser
     except ImportError:
-        return yaml.SafeLoader
+        return _ReferenceLoader
 
-    class PlanLoader(Composer, CParser, SafeConstructor, Resolver):
+    class PlanLoader(_NoAliasComposer, CParser, SafeConstructor, Resolver):
         def __init__(self, stream: str) -> None:
             CParser.__init__(self, stream)
-            Composer.__init__(self)
+            _NoAliasComposer.__init__(self)
             SafeConstructor.__init__(self)
             Resolver.__init__(self)
 
@@ -58,12 +91,15 @@ def _safe_loader() -> type:
 _LOADER = _safe_loader()
 
 
-def _parse(text: str) -> object:
+def safe_yaml(text: str) -> object:
+    """Any YAML the tool reads: the safe schema, no anchors or aliases (AliasRefusedError)."""
     try:
         return yaml.load(text, Loader=_LOADER)
+    except AliasRefusedError:
+        raise
     except yaml.YAMLError:
         # libyaml words some problems differently: the reference loader gives the message shown.
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_ReferenceLoader)
 
 
 def explain_blob(b: PlanBlob, limit: MaxBlobs | None = None) -> str:
@@ -114,11 +150,17 @@ def load_plan(path: Path) -> tuple[Plan, str | None]:
         size = path.stat().st_size
         if size > MAX_PLAN_BYTES:
             raise PlanFileError(f"{path}: {size} bytes is too large for a plan file")
-        raw = _parse(path.read_text(encoding="utf-8"))
+        raw = safe_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PlanFileError(f"{path}: cannot read plan: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise PlanFileError(f"{path}: not a plan: binary data, while a plan is the YAML text `compact plan` writes") from None
+    except AliasRefusedError as exc:
+        mark = exc.problem_mark
+        raise PlanFileError(
+            f"{path}: line {mark.line + 1}, column {mark.column + 1}: YAML anchors and aliases (&name, *name) "
+            "are not allowed in a plan (the plans compact writes have none)"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

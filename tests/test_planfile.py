@@ -3,6 +3,7 @@ reviewer's edit that would lose a chunk being rejected the way `compact apply` r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -178,11 +179,35 @@ def test_hostile_yaml_fails_fast_with_one_line(root: Path, v5_plan: Path) -> Non
     ) + "]\n"  # the real merge_candidates further down replaces this key; the anchors stay
     (root / "bomb.yaml").write_text(anchors + replace_once(text, "config:\n", "config:\n  big: *b8\n"))
     (root / "deep.yaml").write_text("[" * 10000 + "]" * 10000)
-    for name, expected in (("bomb.yaml", "config.big: expected an integer or a string or null, got [[[[[[[[[1, 1"),
+    for name, expected in (("bomb.yaml", "line 1, column 20: YAML anchors and aliases (&name, *name) are not allowed"),
                            ("deep.yaml", "collections nested too deeply")):
         r = compact("show", name, cwd=root)
         assert r.rc == 1, r.out
         assert r.err.count("\n") == 1 and expected in r.err, r.err
+
+
+@pytest.mark.parametrize("command", ["show", "apply", "report"])
+def test_plan_with_aliases_is_refused_before_expansion(root: Path, v5_plan: Path, command: str) -> None:
+    """Issue 13 item 6: a 1 MB plan whose findings repeat one aliased 300 KB string 3000 times
+    expanded to ~2.9 GB in `show` and `apply` (MemoryError, exit 70). Refused up front, exit 1."""
+    text = v5_plan.read_text()
+    head = "x-big: &s " + json.dumps("A" * 300_000) + "\n"
+    body = replace_once(text, "findings: []", "findings: [" + ", ".join(["*s"] * 3000) + "]")
+    path = root / f"aliased-{command}.yaml"
+    path.write_text(head + body)
+
+    r = compact(root, command, path)
+
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.count("\n") == 1 and "YAML anchors and aliases" in r.stderr and str(path.name) in r.stderr, r.stderr
+    assert "line 1" in r.stderr
+
+
+def test_anchors_without_aliases_are_refused_too(root: Path, v5_plan: Path) -> None:
+    path = root / "anchored.yaml"
+    path.write_text(replace_once(v5_plan.read_text(), "findings: []", "findings: &f []"))
+    with pytest.raises(PlanFileError, match="anchors and aliases"):
+        load_plan(path)
 
 
 # -- review: decisions a reviewer edits are re-validated ---------------------------------------

@@ -127,7 +127,7 @@ def run_demo(out: Path, *, force: bool = False, clock: Clock = utc_now) -> DemoR
     apply_json = out / "apply.json"
     bcfg = localfs_config(blobs_dir)
     with open_backend(bcfg) as backend, open_store(state, clock=clock) as store:
-        inputs = PlanInputs([bootstrap], None, bcfg, DEMO_CONFIG, Flags.tool_default())
+        inputs = PlanInputs([bootstrap], None, bcfg, DEMO_CONFIG, Flags.tool_default(), plan_dir=out)
         plan = make_plan(inputs, backend, store).plan
         write_plan(plan, plan_path)
         opts = ApplyOptions(plan_path, blobs_dir, output_json=apply_json)
