@@ -208,8 +208,6 @@ def gc_command(
     verb = "deleted" if result.deleted else "deletable"
     for p in result.deletable:
         typer.echo(f"{verb} {p}")
-    for p in result.still_referenced:
-        typer.echo(f"still used by a kept bootstrap, left alone {p}")
     for p in result.unknown:
         typer.echo(f"unknown, left alone {p}")
     for p in result.stale_temps:

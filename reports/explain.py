@@ -52,13 +52,14 @@ class Explanation:
 
 
 def plan_images(plan: Plan) -> list[PlanImage]:
-    """The plan's images with the bytes each uses of every blob (its ``referenced_by`` columns)."""
+    """The plan's images with the bytes each uses of every blob (its ``referenced_by`` columns),
+    named by paths usable from here (the plan stores them relative to itself)."""
     used: dict[str, dict[str, int]] = {im.path: {} for im in plan.images}
     for b in plan.blobs:
         for path, n in b.referenced_by.items():
             if path in used:
                 used[path][b.blob_id] = n
-    return [PlanImage(im.path, im.sha256, used[im.path]) for im in plan.images]
+    return [PlanImage(str(plan.locate(im.path)), im.sha256, used[im.path]) for im in plan.images]
 
 
 def recorded_images(store: Store, plan_digest: str) -> list[PlanImage]:

@@ -344,12 +344,12 @@ def plan_view(plan: Plan, source: str, recorded_digest: str | None = None, diges
     view = PlanView(
         digest=digest,
         source=source,
-        image_path=image.path,
+        image_path=str(plan.locate(image.path)),  # stored relative to the plan: shown from here
         image_sha256=image.sha256,
         rafs_version=image.rafs_version,
         compressor=image.compressor,
         digester=image.digester,
-        output=image.output,
+        output=str(plan.locate(image.output)),
         thresholds=Thresholds.from_config(plan.config),
         changes=plan.summary.changes,
         noop_reason=plan.summary.noop_reason,
@@ -360,7 +360,10 @@ def plan_view(plan: Plan, source: str, recorded_digest: str | None = None, diges
         new_table=table,
         deletable=[by_id[d] for d in plan.deletable if d in by_id],
         findings=list(plan.findings),
-        images=[ImageRow(im.path, im.sha256, im.rafs_version, im.compressor, im.digester, im.output) for im in plan.images],
+        images=[
+            ImageRow(str(plan.locate(im.path)), im.sha256, im.rafs_version, im.compressor, im.digester, str(plan.locate(im.output)))
+            for im in plan.images
+        ],
         edited=recorded_digest is not None and recorded_digest != digest,
         limit_exact=plan.max_blobs.exact if plan.max_blobs is not None else True,
     )
