@@ -389,7 +389,6 @@ def _describe(
             blobs_after=list(limit.after),
             extra_bytes=limit.extra_bytes,
         ),
-        base_dir=inputs.plan_dir,
     )
 
 
