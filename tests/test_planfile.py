@@ -196,11 +196,11 @@ def test_plan_with_aliases_is_refused_before_expansion(root: Path, v5_plan: Path
     path = root / f"aliased-{command}.yaml"
     path.write_text(head + body)
 
-    r = compact(root, command, path)
+    r = compact(command, path, cwd=root)
 
-    assert r.returncode == 1, r.stderr
-    assert r.stderr.count("\n") == 1 and "YAML anchors and aliases" in r.stderr and str(path.name) in r.stderr, r.stderr
-    assert "line 1" in r.stderr
+    assert r.rc == 1, r.err
+    assert r.err.count("\n") == 1 and "YAML anchors and aliases" in r.err and str(path.name) in r.err, r.err
+    assert "line 1" in r.err
 
 
 def test_anchors_without_aliases_are_refused_too(root: Path, v5_plan: Path) -> None:
