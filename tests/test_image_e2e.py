@@ -419,3 +419,15 @@ def test_bearer_token_registry_mount_asks_pull_on_the_source(built, token_regist
         for q in token_registry.token_server.requests
     )
     pull(target, tmp_path / "pulled", creds=creds)
+
+
+@pytest.mark.parametrize("version", [5, 6])
+def test_max_blobs_with_an_image_reference(built, tmp_path, version):
+    """--max-blobs goes through for image references: the published image holds at most N blob layers."""
+    layout = tmp_path / "layout"
+    shutil.copytree(built[version] / "layout", layout)
+    doc = plan_apply(f"oci:{layout}:v1", tmp_path / "img", "--max-blobs", "1")
+    assert "MERGE_FOR_COUNT" in (tmp_path / "img" / "plan.yaml").read_text()
+    [pub] = doc["published"]
+    manifest = judge(pub["target"], tmp_path, version, doc)
+    assert len(manifest["layers"]) - 1 == len(doc["blobs"]) == 1
