@@ -4,11 +4,12 @@ against `skopeo copy` of the same image between the same two registries.
     python3 bench/registry.py [--quick] [--reps N] [--scale S] [--cache-dir DIR] [--out results.json]
 
 Two docker-registry processes on two loopback ports (A holds the source image, B receives).
-Per repetition, interleaved, each into a *fresh* repository of B (so neither side can mount or
-skip a blob):
+Per repetition, interleaved, each into a *fresh* registry B (a new docker-registry process with
+empty storage), so neither side can mount or skip a blob — skopeo's blob-info cache would
+otherwise mount blobs from the repository of B that the previous repetition filled:
 
-* skopeo: `skopeo copy docker://A/src:v1 docker://B/skopeo-N:v1` (wall time of the process);
-* apply:  `compact plan docker://A/src:v1 --target docker://B/apply-N:v1` with a merge-everything
+* skopeo: `skopeo copy docker://A/src:v1 docker://B/bench/skopeo:v1` (wall time of the process);
+* apply:  `compact plan docker://A/src:v1 --target docker://B/bench/apply-N:v1` with a merge-everything
   config (untimed), then `compact apply` of that plan with default flags (wall time of the
   process: reading the used chunks from A, writing the merged blob, uploading it, bootstrap layer,
   config and manifest to B).
@@ -81,7 +82,6 @@ def main() -> int:
     layout = source_image(args.cache_dir, scale)
     work = Path(tempfile.mkdtemp(prefix="compact-bench-registry-"))
     a = RegistryServer(work / "registry-a").start()
-    b = RegistryServer(work / "registry-b").start()
     try:
         source = f"docker://{a.host}/bench/src:v1"
         run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:v1", source])
@@ -89,18 +89,27 @@ def main() -> int:
         samples: dict[str, list[float]] = {"skopeo": [], "apply": []}
         moved = 0
         for rep in range(reps):
-            samples["skopeo"].append(run(["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
-                                          source, f"docker://{b.host}/bench/skopeo-{rep}:v1"]))
+            # A new registry B every repetition: skopeo's blob-info cache remembers where it pushed a
+            # blob before and would otherwise mount it from the previous repetition's repository.
+            b = RegistryServer(work / f"registry-b-{rep}").start()
+            try:
+                samples["skopeo"].append(run(["skopeo", "copy", "-q", "--src-tls-verify=false",
+                                              "--dest-tls-verify=false", source, f"docker://{b.host}/bench/skopeo:v1"]))
+            finally:
+                b.stop()
+            b = RegistryServer(work / f"registry-b-{rep}-apply").start()
             root = work / f"apply-{rep}"
             root.mkdir()
             run(compact("plan", source, "--target", f"docker://{b.host}/bench/apply-{rep}:v1", *MERGE_ALL,
                         "-o", root / "plan.yaml"))
-            samples["apply"].append(run(compact("apply", root / "plan.yaml", "-J", root / "out.json")))
+            try:
+                samples["apply"].append(run(compact("apply", root / "plan.yaml", "-J", root / "out.json")))
+            finally:
+                b.stop()
             doc = json.loads((root / "out.json").read_text())
             moved = sum(x["size"] for x in doc["published"][0]["blobs"] if x["status"] != "present")
     finally:
         a.stop()
-        b.stop()
         shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in samples.items()}
     ratio = med["apply"] / med["skopeo"]
