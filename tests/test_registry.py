@@ -277,6 +277,18 @@ def test_bearer_wrong_credentials(token: RegistryServer) -> None:
 # ---- faults ---------------------------------------------------------------------------------
 
 
+def _wait_stopped(pid: int) -> None:
+    """SIGSTOP takes effect asynchronously: a server thread on the other core may still answer one
+    request after os.kill returns, unless we wait for the kernel to report the process stopped."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        states = {t.joinpath("stat").read_text().rsplit(")", 1)[1].split()[0] for t in Path(f"/proc/{pid}/task").iterdir()}
+        if states <= {"T", "t"}:  # every thread of the (multi-threaded Go) server
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"registry {pid} did not stop")
+
+
 def test_registry_stopped_mid_read(tmp_path: Path) -> None:
     server = RegistryServer(tmp_path / "registry").start()
     try:
@@ -286,6 +298,7 @@ def test_registry_stopped_mid_read(tmp_path: Path) -> None:
             assert be.read_exact(blob_id, 0, 100) == data[:100]
             assert server.proc is not None
             os.kill(server.proc.pid, signal.SIGSTOP)  # alive but silent: only a timeout ends the read
+            _wait_stopped(server.proc.pid)
             try:
                 started = time.monotonic()
                 with pytest.raises(BackendError, match="timed out"):
