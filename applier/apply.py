@@ -52,7 +52,7 @@ from nydus_compact.store.runs import (
 
 from .blobs import CopyJob, SourceCheck, WrittenBlob, same_file, temp_prefix, write_new_blob
 from .errors import ApplyError, SourceCorruptError
-from .faults import fault_point
+from nydus_compact.safeio.faults import fault_point
 from .lock import blobs_dirs_locked
 
 # How often the main thread wakes up to act on Ctrl-C / SIGTERM while new blobs are written.

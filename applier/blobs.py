@@ -32,7 +32,7 @@ from nydus_compact.rafs.model import BlobInfo
 from nydus_compact.safeio import TMP_PREFIX, fsync_dir
 
 from .errors import ApplyCancelled, ApplyError, SourceCorruptError
-from .faults import fault_point
+from nydus_compact.safeio.faults import fault_point
 
 # Read buffers per new blob being written: one being written while the checks of the two reads
 # before it run.

@@ -37,7 +37,7 @@ from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from nydus_compact.applier.faults import fault_point
+from nydus_compact.safeio.faults import fault_point
 
 from .base import BlobBackend, read_full, short_read_error
 from .errors import BackendError, BlobNotFoundError

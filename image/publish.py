@@ -14,7 +14,7 @@ from pathlib import Path
 
 from nydus_compact.applier.apply import ApplyOptions, ApplyResult, Progress, apply_plan
 from nydus_compact.applier.errors import ApplyError
-from nydus_compact.applier.faults import fault_point
+from nydus_compact.safeio.faults import fault_point
 from nydus_compact.planner.plan import ImageSource, Plan
 from nydus_compact.rafs.loader import detect_version
 from nydus_compact.safeio import OutputGuard, atomic_write_bytes, is_stdout
