@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from images import Image, cached_image, merge_shape
-from run import BenchError, Sample, machine, run_child, stats, warm
+from run import BenchError, Sample, machine, run_child, stats, timed, warm
 
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "nydus-compact-bench"
 APPLY_MAX = 1.5  # with source verification, x cp+sync
@@ -55,15 +55,6 @@ def settle(max_load: float, wait: float) -> float:
     while load1() >= max_load and time.monotonic() < deadline:
         time.sleep(1)
     return load1()
-
-
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return seconds
 
 
 def sha256_seconds(paths: list[Path]) -> float:

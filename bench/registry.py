@@ -28,29 +28,19 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the same docker-registry harness the tests use
 
 from registry_server import REGISTRY_BIN, RegistryServer  # noqa: E402
+from run import BenchError, timed  # noqa: E402
 
 TARGET = 1.5
 MERGE_ALL = ["--compact-blob-size", "1TiB", "--max-compact-size", "1TiB"]
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "nydus-compact-bench"
-
-
-def run(cmd: list[str], **kw) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return wall
 
 
 def compact(*args: str | Path) -> list[str]:
@@ -62,7 +52,7 @@ def source_image(cache: Path, scale: int) -> Path:
     if not (layout / "index.json").is_file():
         shutil.rmtree(layout.parent, ignore_errors=True)
         layout.parent.mkdir(parents=True)
-        run(compact("mkimage", "--sample", "--sample-scale", scale, "-o", layout.parent / "files",
+        timed(compact("mkimage", "--sample", "--sample-scale", scale, "-o", layout.parent / "files",
                     "--fs-version", "6", "--output-image", f"oci:{layout}:v1"))
     return layout
 
@@ -84,7 +74,7 @@ def main() -> int:
     a = RegistryServer(work / "registry-a").start()
     try:
         source = f"docker://{a.host}/bench/src:v1"
-        run(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:v1", source])
+        timed(["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{layout}:v1", source])
         blob_bytes = sum(p.stat().st_size for p in (layout / "blobs" / "sha256").iterdir())
         samples: dict[str, list[float]] = {"skopeo": [], "apply": []}
         moved = 0
@@ -93,17 +83,17 @@ def main() -> int:
             # blob before and would otherwise mount it from the previous repetition's repository.
             b = RegistryServer(work / f"registry-b-{rep}").start()
             try:
-                samples["skopeo"].append(run(["skopeo", "copy", "-q", "--src-tls-verify=false",
+                samples["skopeo"].append(timed(["skopeo", "copy", "-q", "--src-tls-verify=false",
                                               "--dest-tls-verify=false", source, f"docker://{b.host}/bench/skopeo:v1"]))
             finally:
                 b.stop()
             b = RegistryServer(work / f"registry-b-{rep}-apply").start()
             root = work / f"apply-{rep}"
             root.mkdir()
-            run(compact("plan", source, "--target", f"docker://{b.host}/bench/apply-{rep}:v1", *MERGE_ALL,
+            timed(compact("plan", source, "--target", f"docker://{b.host}/bench/apply-{rep}:v1", *MERGE_ALL,
                         "-o", root / "plan.yaml"))
             try:
-                samples["apply"].append(run(compact("apply", root / "plan.yaml", "-J", root / "out.json")))
+                samples["apply"].append(timed(compact("apply", root / "plan.yaml", "-J", root / "out.json")))
             finally:
                 b.stop()
             doc = json.loads((root / "out.json").read_text())
@@ -130,4 +120,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        sys.exit(f"registry bench: {exc}")

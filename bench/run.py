@@ -58,6 +58,16 @@ class BenchError(Exception):
     pass
 
 
+def timed(cmd: list[str]) -> float:
+    """Wall time of a whole process (start-up included); a failed command is a BenchError."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return seconds
+
+
 @dataclass
 class Sample:
     seconds: float  # the operation, inside its process

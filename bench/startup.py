@@ -20,10 +20,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from run import BenchError, timed
 
 HERE = Path(__file__).resolve().parent
 SAMPLE_PLAN = HERE.parent / "plans" / "sample.plan.yaml"
@@ -37,15 +37,6 @@ def commands() -> dict[str, list[str]]:
         "help": [*COMPACT, "--help"],
         "show": [*COMPACT, "show", str(SAMPLE_PLAN)],
     }
-
-
-def timed(cmd: list[str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"startup: {' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return seconds
 
 
 def measure(reps: int) -> dict:
@@ -88,4 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except BenchError as exc:
+        sys.exit(f"startup: {exc}")
