@@ -29,7 +29,6 @@ from helpers.compact_env import (
     compact,
     file_hashes,
     make_dict_layer,
-    make_layers,
     plan,
 )
 from helpers.erofs import check_v6_image
@@ -56,11 +55,6 @@ NODE_FIELDS = (
     "xattrs", "digest", "parent", "children", "link", "chunk_count", "v5_flags",
 )  # fmt: skip
 CHUNK_CONTENT_FIELDS = ("block_id", "flags", "compressed_size", "uncompressed_size", "file_offset")
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 @pytest.fixture(scope="module")

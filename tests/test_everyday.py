@@ -7,14 +7,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, build, cli, make_layers, plan
+from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, build, cli, plan
 
 from nydus_compact.walkthrough.demo import run_demo
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 @pytest.fixture(scope="module")

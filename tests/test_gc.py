@@ -10,15 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, file_hashes, make_layers, plan
+from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, file_hashes, plan
 
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.rafs.loader import load_bootstrap
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 @pytest.fixture

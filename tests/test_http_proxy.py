@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, compact, make_layers
+from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, compact
 from helpers.remote import apply_args, assert_one_line_error, collect, plan_args, run_localfs
 
 from nydus_compact.backends.config import parse_backend_config
@@ -87,11 +87,6 @@ def serve(server: socketserver.BaseServer, root: Path, prefix: str) -> Iterator[
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers.compact_env import REBUILD_AND_MERGE, cli, compact, make_layers
+from helpers.compact_env import REBUILD_AND_MERGE, cli, compact
 from helpers.erofs import check_v6_image
 from helpers.oci import SKOPEO, config, inspect_fails, layout_bootstrap, pull, push, raw
 from registry_server import REGISTRY_BIN, serve
@@ -28,11 +28,6 @@ ANN = "containerd.io/snapshot/"
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     yield from serve(tmp_path_factory, None, {})
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, compact, file_hashes, make_layers, plan
+from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, compact, file_hashes, plan
 
 from nydus_compact.rafs import v5
 from nydus_compact.rafs.loader import load_bootstrap
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 @pytest.fixture

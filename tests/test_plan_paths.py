@@ -4,16 +4,9 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-import pytest
 import yaml
-from helpers.compact_env import REBUILD_AND_MERGE, build, cli, make_layers
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
+from helpers.compact_env import REBUILD_AND_MERGE, build, cli
 
 
 def test_plan_made_in_one_directory_applies_from_another(layers, tmp_path, monkeypatch):

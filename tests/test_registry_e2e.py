@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, Image, build, cli, compact, make_layers
+from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, Image, build, cli, compact
 from helpers.remote import (
     Outcome,
     apply_args,
@@ -82,11 +82,6 @@ def anon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
 @pytest.fixture(scope="module")
 def basic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     yield from server(tmp_path_factory, "htpasswd")
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import dataclasses
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-from helpers.compact_env import REBUILD_AND_MERGE, build, cli, compact, make_layers, plan
+from helpers.compact_env import REBUILD_AND_MERGE, build, cli, compact, plan
 
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.reports.charts import MAX_ROWS, ratio_chart, size_chart
@@ -19,11 +18,6 @@ from nydus_compact.walkthrough.demo import run_demo
 from nydus_compact.reports.views import plan_view
 from nydus_compact.store.db import open_store
 from nydus_compact.store.runs import list_runs, steps
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 def test_resumed_run_reports_the_bytes_its_steps_copied(layers, tmp_path):
@@ -84,7 +78,6 @@ def test_size_chart_ticks_are_round_numbers(demo):
     assert all(re.fullmatch(r"\d+ (B|KiB|MiB|GiB)", label) for label in labels), labels
     steps_ = {round(b.x - a.x, 6) for a, b in zip(chart.ticks, chart.ticks[1:])}
     assert len(steps_) == 1  # evenly spaced
-    largest = max(b.size or 0 for b in view.blobs)
     bar = max(chart.bars, key=lambda b: b.width)
     assert bar.width <= chart.plot_width and bar.width > chart.plot_width / 2  # the scale fits the largest blob
 

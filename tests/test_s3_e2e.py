@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, Image, build, cli, compact, make_layers
+from helpers.compact_env import MERGE_ALL, REBUILD_AND_MERGE, Image, build, cli, compact
 from helpers.remote import (
     Outcome,
     apply_args,
@@ -92,11 +92,6 @@ def assert_uploaded(moto: MotoServer, bucket: str, outcome: Outcome, before: dic
 @pytest.fixture(scope="module")
 def moto() -> Iterator[MotoServer]:
     yield from serve()
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 @pytest.fixture(scope="module")

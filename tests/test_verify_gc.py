@@ -8,15 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, compact, make_layers, plan
+from helpers.compact_env import REBUILD_AND_MERGE, Image, build, cli, compact, plan
 
 from nydus_compact.planner.planfile import load_plan
 from nydus_compact.rafs.loader import load_bootstrap
-
-
-@pytest.fixture(scope="module")
-def layers(tmp_path_factory) -> list[Path]:
-    return make_layers(tmp_path_factory.mktemp("layers"))
 
 
 def compacted(layers: list[Path], root: Path, version: int) -> Image:
