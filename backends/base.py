@@ -161,5 +161,13 @@ def read_full(f: BinaryIO, size: int, path: Path, blob_id: str) -> bytes:
     return data
 
 
+def check_http_limits(kind: str, timeout: float, connect_timeout: float, retry_limit: int) -> None:
+    """The limits every HTTP backend of nydus shares (compact.md §5.2), checked the same way for all."""
+    if timeout <= 0 or connect_timeout <= 0:
+        raise BackendError(f"{kind} backend: timeout and connect_timeout must be > 0")
+    if retry_limit < 0:
+        raise BackendError(f"{kind} backend: retry_limit must be >= 0")
+
+
 def short_read_error(blob_id: str, offset: int, size: int, got: int) -> BackendError:
     return BackendError(f"blob {blob_id}: short read at offset {offset} size {size}: got {got} bytes")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .base import BlobBackend, short_read_error
+from .base import BlobBackend, check_http_limits, short_read_error
 from .errors import BackendError, BlobNotFoundError
 from .localfs import check_blob_id
 from .registry import RETRY_BASE_DELAY, read_window, transport_reason
@@ -41,10 +41,7 @@ class HttpProxyBackend(BlobBackend):
         connect_timeout: float = 5,
         retry_limit: int = 0,
     ):
-        if timeout <= 0 or connect_timeout <= 0:
-            raise BackendError("http-proxy backend: timeout and connect_timeout must be > 0")
-        if retry_limit < 0:
-            raise BackendError("http-proxy backend: retry_limit must be >= 0")
+        check_http_limits("http-proxy", timeout, connect_timeout, retry_limit)
         self.addr = addr
         self.path = "/" + path.strip("/") if path.strip("/") else ""
         self.retry_limit = retry_limit

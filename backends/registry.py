@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .base import BlobBackend, read_full, short_read_error
+from .base import BlobBackend, check_http_limits, read_full, short_read_error
 from .errors import BackendError, BlobNotFoundError
 
 T = TypeVar("T")
@@ -122,10 +122,7 @@ class RegistryBackend(BlobBackend):
                 raise BackendError("registry backend: auth is not valid base64 of user:pass") from None
             if b":" not in user_pass:
                 raise BackendError("registry backend: auth must be base64 of user:pass")
-        if timeout <= 0 or connect_timeout <= 0:
-            raise BackendError("registry backend: timeout and connect_timeout must be > 0")
-        if retry_limit < 0:
-            raise BackendError("registry backend: retry_limit must be >= 0")
+        check_http_limits("registry", timeout, connect_timeout, retry_limit)
         if monolithic_upload_max < 0 or upload_chunk_size <= 0:
             raise BackendError("registry backend: invalid upload sizes")
         self.scheme = "http" if scheme == "http" else "https"

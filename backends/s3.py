@@ -39,7 +39,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from nydus_compact.safeio.faults import fault_point
 
-from .base import BlobBackend, read_full, short_read_error
+from .base import BlobBackend, check_http_limits, read_full, short_read_error
 from .errors import BackendError, BlobNotFoundError
 from .localfs import check_blob_id
 
@@ -82,10 +82,7 @@ class S3Backend(BlobBackend):
             raise BackendError("s3 backend needs `bucket_name` and `region`")
         if bool(access_key_id) != bool(access_key_secret):
             raise BackendError("s3 backend: give both `access_key_id` and `access_key_secret`, or neither")
-        if timeout <= 0 or connect_timeout <= 0:
-            raise BackendError("s3 backend: timeout and connect_timeout must be > 0")
-        if retry_limit < 0:
-            raise BackendError("s3 backend: retry_limit must be >= 0")
+        check_http_limits("s3", timeout, connect_timeout, retry_limit)
         if part_size < MIN_PART_SIZE or multipart_threshold < 0:
             raise BackendError(f"s3 backend: parts must be at least {MIN_PART_SIZE} bytes")
         self.bucket = bucket_name
