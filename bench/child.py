@@ -1,8 +1,11 @@
 """One measured operation in a fresh process, so that its peak RSS is its own.
 
     python3 bench/child.py RESULT.json [--profile OUT.txt] parse BOOTSTRAP
+    python3 bench/child.py RESULT.json [--profile OUT.txt] dump BOOTSTRAP
     python3 bench/child.py RESULT.json [--profile OUT.txt] compact ARG...
 
+``dump`` loads the bootstrap before the clock starts and times ``rafs.loader.dump_bootstrap`` of
+it alone: parse + dump is what any rewrite of that bootstrap costs at least, apply's yardstick.
 Imports happen before the clock starts, so ``seconds`` is the operation alone; the parent also
 records the whole process's wall time. RESULT.json gets seconds, the exit code, the peak RSS and
 the RSS the imports alone left (the floor every Python process here pays).
@@ -40,6 +43,12 @@ def _operation(kind: str, args: list[str]) -> Callable[[], int]:
 
         (path,) = args
         return lambda: load_bootstrap(path) and 0
+    if kind == "dump":
+        from nydus_compact.rafs.loader import dump_bootstrap, load_bootstrap
+
+        (path,) = args
+        bs = load_bootstrap(path)
+        return lambda: dump_bootstrap(bs) and 0
     from nydus_compact.cli.main import main
 
     return lambda: main(args)
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("result", type=Path)
     parser.add_argument("--profile", type=Path, help="write a pyinstrument text profile here")
-    parser.add_argument("kind", choices=("parse", "compact"))
+    parser.add_argument("kind", choices=("parse", "dump", "compact"))
     parser.add_argument("args", nargs=argparse.REMAINDER)
     ns = parser.parse_args(argv)
     op = _operation(ns.kind, ns.args)

@@ -35,7 +35,7 @@ def test_quick_run_reports_every_figure(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "pl/pa" in proc.stdout and "ap/cp" in proc.stdout
+    assert "pl/pa" in proc.stdout and "ap/cp" in proc.stdout and "ap/pd" in proc.stdout
     doc = json.loads(out.read_text())
     assert doc["machine"]["cpus"] >= 1 and doc["reps"] == 2
     rows = doc["results"]
@@ -43,14 +43,16 @@ def test_quick_run_reports_every_figure(tmp_path):
         ("bulk-quick", 5), ("bulk-quick", 6), ("many-quick", 5), ("many-quick", 6)
     ]
     for r in rows:
-        for kind in ("parse", "plan", "apply", "cp"):
+        for kind in ("parse", "dump", "plan", "apply", "cp"):
             assert len(r[kind]["seconds"]["samples"]) == 2
             assert 0 < r[kind]["seconds"]["min"] <= r[kind]["seconds"]["median"] <= r[kind]["seconds"]["max"]
-        for kind in ("parse", "plan", "apply"):
+        for kind in ("parse", "dump", "plan", "apply"):
             assert r[kind]["peak_rss"] >= r[kind]["import_rss"] > 0
             assert r[kind]["process_seconds"]["median"] > r[kind]["seconds"]["median"]
         assert r["plan_vs_parse"] == pytest.approx(r["plan"]["seconds"]["median"] / r["parse"]["seconds"]["median"])
         assert r["apply_vs_cp"] == pytest.approx(r["apply"]["seconds"]["median"] / r["cp"]["seconds"]["median"])
+        parse_dump = r["parse"]["seconds"]["median"] + r["dump"]["seconds"]["median"]
+        assert r["apply_vs_parse_dump"] == pytest.approx(r["apply"]["seconds"]["median"] / parse_dump)
         assert r["blobs_after"] < r["blobs_before"] == r["blobs"]
         assert r["bytes_written"] > r["bytes_to_read"] > 0
         # Fully used tiny blobs are contiguous, so ranges must carry more than one chunk each.
