@@ -33,8 +33,8 @@ from nydus_compact.planner.layout import Layout, NewBlob, TableEntry
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.formatting import plural
 from nydus_compact.planner.review import path_of_occurrence, relayout
-from nydus_compact.rafs.loader import bootstrap_sha256, dump_bootstrap, load_bootstrap
-from nydus_compact.rafs.model import BlobInfo, Bootstrap, empty_chunks
+from nydus_compact.rafs.loader import bootstrap_sha256, load_bootstrap, serialize_bootstrap
+from nydus_compact.rafs.model import BlobInfo, Bootstrap, Serialized, empty_chunks
 from nydus_compact.safeio import atomic_writer, is_stdout, remove_stale_temps
 from nydus_compact.store.db import Store
 from nydus_compact.store.runs import (
@@ -258,18 +258,20 @@ def apply_plan(
             tables = []
             for k, (key, out_boot) in enumerate(boots.items()):
                 phase(f"writing bootstrap {out_boot.name}", 0, 0)
-                proj = project(prep.union, result, k)
+                # The source records are not needed any more (the blobs are written, and a rerun
+                # loads them again): the new ones take their place instead of a copy.
+                proj = project(prep.union, result, k, in_place=True)
                 tables.append(proj.table)
                 new_bs = _new_bootstrap(images[k], proj, written, prep.infos)
                 _check_table(new_bs, written, backend)
-                data = dump_bootstrap(new_bs)
-                boot_sha = hashlib.sha256(data).hexdigest()
+                data = serialize_bootstrap(new_bs)
                 step = done.get(key)
-                if step is None or step.sha256 != boot_sha or not same_file(out_boot, len(data), boot_sha):
+                if step is None or not same_file(out_boot, step.size, step.sha256) or _sha256(data) != step.sha256:
                     checkpoints.start(key)
-                    _write_bootstrap(out_boot, data, tmp + key.replace(":", "-"))
+                    boot_sha = _write_bootstrap(out_boot, data, tmp + key.replace(":", "-"))
                     fault_point("bootstrap-done")
-                    checkpoints.finish(key, bytes=len(data), size=len(data), sha256=boot_sha)
+                    checkpoints.finish(key, bytes=data.size, size=data.size, sha256=boot_sha)
+                del proj, new_bs, data  # the next image's are built without these beside them
             res = _result(run.id, run.resumes, written, digest, boots, prep, tables)
             if opts.output_json is not None:
                 doc = _write_json(opts.output_json, res, tmp)
@@ -512,12 +514,29 @@ def _write_json(path: Path, res: ApplyResult, tmp_prefix: str, only_if_changed: 
     return doc
 
 
-def _write_bootstrap(path: Path, data: bytes, tmp_name: str) -> None:
+def _write_bootstrap(path: Path, data: Serialized, tmp_name: str) -> str:
+    """Write ``data`` part by part, hashing as it goes; returns its sha256 (hex)."""
+    sha = hashlib.sha256()
+    half, at = data.size // 2, 0
     with atomic_writer(path, tmp_name=tmp_name) as fp:
-        half = len(data) // 2
-        fp.write(data[:half])
-        fault_point("bootstrap-mid")
-        fp.write(data[half:])
+        for part in data.parts():
+            view = memoryview(part)
+            if at <= half < at + len(view):  # the crash tests' point: a half-written temp file
+                fp.write(view[: half - at])
+                fault_point("bootstrap-mid")
+                fp.write(view[half - at :])
+            else:
+                fp.write(view)
+            sha.update(view)
+            at += len(view)
+    return sha.hexdigest()
+
+
+def _sha256(data: Serialized) -> str:
+    sha = hashlib.sha256()
+    for part in data.parts():
+        sha.update(part)
+    return sha.hexdigest()
 
 
 def _result(

@@ -87,9 +87,11 @@ class ImageProjection:
     chunks: np.ndarray  # this image's occurrences, blob_index into ``table``
 
 
-def project(union: Union, result: Layout, image: int) -> ImageProjection:
+def project(union: Union, result: Layout, image: int, in_place: bool = False) -> ImageProjection:
+    """``image``'s new blob table and occurrences; ``in_place``: over the layout's source records
+    (see Layout.relocated_chunks), which then no longer hold the image's old locations."""
     start, end = union.slices[image]
-    chunks = result.relocated_chunks(start, end)
+    chunks = result.relocated_chunks(start, end, in_place)
     used = set(np.unique(chunks["blob_index"]).tolist()) if len(chunks) else set()
     dict_ids = {b.blob_id for b in union.facts.chunk_dict.blobs} if union.facts.chunk_dict else set()
     keep = [e for e in result.table if e.new_index in used or e.blob_id in dict_ids]

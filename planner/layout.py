@@ -114,9 +114,13 @@ class Layout:
         """CHUNK_DTYPE: every occurrence with its new location (a new array on each access)."""
         return self.relocated_chunks(0, len(self.source))
 
-    def relocated_chunks(self, start: int, end: int) -> np.ndarray:
-        """Occurrences [start, end) with their new locations, without building the whole array."""
-        out = self.source[start:end].copy()
+    def relocated_chunks(self, start: int, end: int, in_place: bool = False) -> np.ndarray:
+        """Occurrences [start, end) with their new locations, without building the whole array.
+
+        ``in_place`` writes the new locations over ``source[start:end]`` and returns that view, for
+        a caller done with the source records (apply, writing the new bootstrap): a copy is as
+        large as the chunk table. Relocating again gives the same records."""
+        out = self.source[start:end] if in_place and self.source.flags.writeable else self.source[start:end].copy()
         for name in LOCATION_FIELDS:
             out[name] = self.locations[name][start:end]
         return out

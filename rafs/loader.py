@@ -17,7 +17,7 @@ import numpy as np
 
 from .constants import RAFS_V5_MAGIC, RAFS_V5_VERSION, RAFS_V6_MAGIC, RAFS_V6_SB_OFFSET
 from .errors import RafsFormatError
-from .model import Bootstrap
+from .model import Bootstrap, Serialized, joined
 
 MIN_BOOTSTRAP_SIZE = 8192
 MAX_BOOTSTRAP_SIZE = 0x8000_0000
@@ -52,13 +52,18 @@ def parse_bootstrap(data: bytes | bytearray | memoryview, path: str = "<memory>"
 
 def dump_bootstrap(bs: Bootstrap) -> bytearray:
     """The bytes of ``bs`` as a bootstrap of its own RAFS version (``bs.version``)."""
+    return joined(serialize_bootstrap(bs))
+
+
+def serialize_bootstrap(bs: Bootstrap) -> Serialized:
+    """``dump_bootstrap``'s bytes as parts, for writers that must not hold the whole file."""
     if bs.version == 5:
         from . import v5
 
-        return v5.dump(bs)
+        return v5.serialize(bs)
     from . import v6
 
-    return v6.dump(bs)
+    return v6.serialize(bs)
 
 
 def load_bootstrap(path: str | Path) -> Bootstrap:

@@ -13,8 +13,9 @@ directory is expanded, directories expanded depth-first in name order.
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -183,3 +184,30 @@ class Bootstrap:
 
     def node_chunks(self, node: Node) -> np.ndarray:
         return self.chunks[node.chunk_start : node.chunk_start + node.chunk_count]
+
+
+# A part of a serialised bootstrap: anything with the buffer protocol, one byte per item.
+Part = bytes | bytearray | memoryview
+
+
+class Serialized(Protocol):
+    """A bootstrap's bytes as consecutive parts, produced on demand so that the whole file is never
+    held at once (a writer hashes and writes each part, then drops it). Every check of the model is
+    made before this object exists, so iterating cannot fail; ``parts()`` may be iterated again."""
+
+    size: int  # bytes in all parts together
+
+    def parts(self) -> Iterator[Part]: ...
+
+
+def joined(serialized: Serialized) -> bytearray:
+    """All parts in one buffer of the file's size (filled in place, so never held twice)."""
+    out = bytearray(serialized.size)
+    at = 0
+    with memoryview(out) as view:
+        for part in serialized.parts():
+            view[at : at + len(part)] = part
+            at += len(part)
+    if at != serialized.size:
+        raise AssertionError(f"serialised {at} bytes, announced {serialized.size}")
+    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import astuple, dataclass
 from typing import NoReturn
 
@@ -27,7 +28,7 @@ from .flags import (
     digester_from_flags,
 )
 from .constants import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, RAFS_V5_MAGIC, RAFS_V5_VERSION
-from .model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node
+from .model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, Part, Serialized, joined
 
 SUPERBLOCK_SIZE = 8192
 ROOT_INDEX = 1
@@ -37,6 +38,7 @@ NAME_MAX = 255
 INODE_TABLE_VALUE_MIN = 1024  # exclusive: a record never starts inside the superblock
 INODE_TABLE_VALUE_LIMIT = 1 << 29  # exclusive
 CHUNK_SIZE = CHUNK_DTYPE.itemsize
+PART_SIZE = 1 << 20  # records are handed out in parts of about this size (serialize)
 XATTR_PREFIXES = (b"user.", b"security.", b"trusted.")
 XATTR_ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
 XATTR_KEY_MAX = 255
@@ -499,11 +501,14 @@ class _Reader:
 
 
 def dump(bs: Bootstrap) -> bytearray:
-    """Serialise ``bs`` as nydus-image 2.2 writes a v5 bootstrap (rafs-v5.md §12).
+    """Serialise ``bs`` as nydus-image 2.2 writes a v5 bootstrap (rafs-v5.md §12), in one buffer."""
+    return joined(serialize(bs))
 
-    The result is built in place in one buffer of the file's size, so it is never held twice.
-    """
-    return _Writer(bs).dump()
+
+def serialize(bs: Bootstrap) -> Serialized:
+    """``dump``'s bytes in parts of about PART_SIZE: the records are copied from the model as
+    they are handed out, so a writer never holds more than one part besides the model."""
+    return _Writer(bs).serialize()
 
 
 def inode_digests(bs: Bootstrap) -> list[bytes]:
@@ -543,8 +548,11 @@ class _Writer:
         self.parent = [-1] * n  # from the children lists, which are what gets numbered
         self.ino = [0] * n
         self.order: list[int] = []  # node positions in record index order
+        self.header = b""  # superblock and tables: what precedes the first record
+        self.heads: list[bytes] = []  # record heads in record order
+        self.size = 0
 
-    def dump(self) -> bytearray:
+    def serialize(self) -> Serialized:
         bs = self.bs
         self.prepare()
         digests = self.digests()
@@ -592,20 +600,27 @@ class _Writer:
             s_extended_blob_table_entries=len(bs.blobs),
             s_extended_blob_table_offset=ext_off,
         )
-        out = bytearray(end)
-        at = 0
-        for part in (sb.pack(), inode_table, prefetch, blob_table, ext_table):
-            out[at : at + len(part)] = part
-            at += len(part)
-        records = memoryview(np.ascontiguousarray(bs.chunks).view(np.uint8))
-        for pos, head, at in zip(self.order, heads, offsets):
-            out[at : at + len(head)] = head
+        # The records follow the tables without a gap, each at its offset, in record order.
+        self.header = b"".join((sb.pack(), inode_table, prefetch, blob_table, ext_table))
+        self.heads = heads
+        self.size = end
+        return self
+
+    def parts(self) -> Iterator[Part]:
+        yield self.header
+        records = memoryview(np.ascontiguousarray(self.bs.chunks).view(np.uint8))
+        piece = bytearray()
+        for pos, head in zip(self.order, self.heads):
+            piece += head
             count = self._chunk_count(pos)
             if count:
                 start = CHUNK_SIZE * self.nodes[pos].chunk_start
-                at += len(head)
-                out[at : at + CHUNK_SIZE * count] = records[start : start + CHUNK_SIZE * count]
-        return out
+                piece += records[start : start + CHUNK_SIZE * count]
+            if len(piece) >= PART_SIZE:
+                yield piece
+                piece = bytearray()
+        if piece:
+            yield piece
 
     def _chunk_count(self, pos: int) -> int:
         """Chunk records in the record of node ``pos`` (only regular files carry them)."""
@@ -703,12 +718,12 @@ class _Writer:
     def digests(self) -> list[bytes]:
         bs = self.bs
         algo: Digester = bs.digester
-        block_ids = bs.chunks["block_id"].tobytes()
+        block_ids = bs.chunks["block_id"]  # a view: a copy would be as large as 32 bytes per occurrence
         out = [b""] * len(self.nodes)
         for pos in self.order:
             node = self.nodes[pos]
             if node.is_reg:
-                out[pos] = digest(algo, block_ids[32 * node.chunk_start : 32 * (node.chunk_start + node.chunk_count)])
+                out[pos] = digest(algo, block_ids[node.chunk_start : node.chunk_start + node.chunk_count].tobytes())
             elif node.is_symlink:
                 out[pos] = digest(algo, node.symlink or b"")
             elif not node.is_dir:

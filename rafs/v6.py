@@ -12,6 +12,7 @@ import dataclasses
 import stat
 import struct
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +32,7 @@ from .constants import (
 from .digest import Digester
 from .errors import RafsFormatError
 from .flags import SUPER_FLAGS_KNOWN, BlobFeatures, SuperFlags, blob_features_valid
-from .model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, empty_chunks, expand_depth_first
+from .model import CHUNK_DTYPE, BlobInfo, Bootstrap, Node, Part, Serialized, empty_chunks, expand_depth_first, joined
 from .record import Record
 
 SLOT = 32  # EROFS inode slot
@@ -665,26 +666,37 @@ class _Placed:
 
 
 def dump(bs: Bootstrap) -> bytearray:
-    """Serialize ``bs`` as the 2.2 directory builder would (extended inodes only, §16).
+    """Serialize ``bs`` as the 2.2 directory builder would (extended inodes only, §16), in one buffer."""
+    return joined(serialize(bs))
 
-    The buffer the image is built in is returned as it is: a copy would hold it twice.
-    """
-    return _Writer(bs).dump()
+
+def serialize(bs: Bootstrap) -> Serialized:
+    """``dump``'s bytes in three parts: the metadata blocks (built in place: their layout is not
+    sequential), the chunk-info table straight from its array, and the padding of the last block."""
+    return _Writer(bs).serialize()
 
 
 class _Writer:
     def __init__(self, bs: Bootstrap):
         self.bs = bs
         self.nodes = bs.nodes
-        self.buf = bytearray()
+        self.buf = bytearray()  # the metadata, up to the chunk-info table
+        self.table = empty_chunks()  # the chunk-info table
+        self.size = 0
 
-    def dump(self) -> bytearray:
+    def serialize(self) -> Serialized:
         try:
-            return self._dump()
+            self._layout()
         except struct.error as exc:
             raise RafsFormatError(MODEL, f"a value does not fit its on-disk field: {exc}") from None
+        return self
 
-    def _dump(self) -> bytearray:
+    def parts(self) -> Iterator[Part]:
+        yield self.buf
+        yield memoryview(self.table.view(np.uint8))
+        yield bytes(self.size - len(self.buf) - self.table.nbytes)
+
+    def _layout(self) -> None:
         bs = self.bs
         self._check_model()
         n = len(self.nodes)
@@ -710,10 +722,9 @@ class _Writer:
             self._put(pf_off + 4 * k, _U32.pack(nid))
 
         ct_off = _align(len(self.buf), BLOCK_SIZE)
-        table = self._chunk_table()
-        self._put(ct_off, table.tobytes())
-        file_size = _align(ct_off + len(table) * CHUNK_INFO_SIZE, BLOCK_SIZE)
-        self.buf.extend(bytes(file_size - len(self.buf)))
+        self.buf.extend(bytes(ct_off - len(self.buf)))
+        table = self.table = self._chunk_table()
+        file_size = self.size = _align(ct_off + len(table) * CHUNK_INFO_SIZE, BLOCK_SIZE)
 
         flags = bs.flags & ~(SuperFlags.INLINED_CHUNK_DIGEST | SuperFlags.HAS_XATTR)
         if all(b.features & BlobFeatures.INLINED_CHUNK_DIGEST for b in bs.blobs):
@@ -742,7 +753,8 @@ class _Writer:
             slot = DEVICE_SLOT.pack(blob_id=blob.blob_id.encode(), blocks=blocks[idx], mapped_blkaddr=mapped[idx])
             self._put(DEVT_OFFSET + DEVICE_SLOT.size * idx, slot)
             self._put(bt_off + BLOB_ENTRY.size * idx, _pack_blob(idx, blob))
-        return self.buf
+        if len(self.buf) != ct_off:
+            raise AssertionError("metadata written past the chunk-info table")
 
     def _put(self, off: int, data: bytes) -> None:
         end = off + len(data)
