@@ -8,10 +8,8 @@ the group, so a resumed apply finds and removes its own leftovers.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +28,7 @@ from nydus_compact.rafs.digest import digest
 from nydus_compact.rafs.flags import ChunkFlags
 from nydus_compact.rafs.model import BlobInfo
 from nydus_compact.safeio import TMP_PREFIX, fsync_dir
+from nydus_compact.safeio.direct import DirectWriter
 
 from .errors import ApplyCancelled, ApplyError, SourceCorruptError
 from nydus_compact.safeio.faults import fault_point
@@ -37,6 +36,7 @@ from nydus_compact.safeio.faults import fault_point
 # Read buffers per new blob being written: one being written while the checks of the two reads
 # before it run.
 RING = 3
+CACHED_READ = 1 << 20  # bytes per local read
 
 
 @dataclass
@@ -58,20 +58,18 @@ def temp_name(plan_digest: str, group: int) -> str:
     return f"{temp_prefix(plan_digest)}g{group}"
 
 
-def split_reads(nb: NewBlob) -> Iterator[tuple[int, int, int, int, int]]:
-    """(source, offset, length, first chunk, count) reads of at most MAX_READ bytes (or one chunk).
-
-    The planner's reads already are (backends.reads); a longer one, from a recipe made another
-    way, is cut with the same coalescer."""
+def split_reads(nb: NewBlob, max_read: int = MAX_READ) -> Iterator[tuple[int, int, int, int, int]]:
+    """(source, offset, length, first chunk, count) reads of at most ``max_read`` bytes (or one
+    chunk), cutting the planner's reads (backends.reads) with the same coalescer."""
     rec = nb.chunks
     start = rec["source_offset"].astype(np.int64)
     end = start + rec["compressed_size"]
     for src, offset, length, first, count in nb.reads.tolist():
-        if length <= MAX_READ:
+        if length <= max_read:
             yield src, offset, length, first, count
             continue
         s, e = start[first : first + count], end[first : first + count]
-        firsts = coalesce_sorted(s, e)
+        firsts = coalesce_sorted(s, e, max_size=max_read)
         for f, lo, ln, c in zip(firsts.tolist(), *(x.tolist() for x in read_extents(s, e, firsts))):
             yield src, lo, ln, first + f, c
 
@@ -143,45 +141,6 @@ class CopyJob:
             raise ApplyCancelled("stopped: another part of this apply failed or was interrupted")
 
 
-class _Writeback:
-    """Starts writing a new blob's bytes to disk while the rest is still being copied.
-
-    The kernel otherwise keeps them dirty in memory until the final fsync (a machine with a lot of
-    memory never reaches its background write-back threshold during an apply), so the whole blob
-    would be written after the copy instead of during it. sync_file_range(SYNC_FILE_RANGE_WRITE)
-    only queues the write: it neither waits for it nor drops the pages from the cache, and it
-    promises nothing: the fsync before the rename still does that. Linux only; elsewhere a no-op.
-    """
-
-    WRITE = 2  # SYNC_FILE_RANGE_WRITE
-    STEP = 8 << 20  # queue write-back every this many bytes
-
-    def __init__(self, fd: int):
-        self._fd = fd
-        self._done = 0
-        self._call = _sync_file_range()
-
-    def advance(self, written: int) -> None:
-        if self._call is not None and written - self._done >= self.STEP:
-            self._call(self._fd, self._done, written - self._done, self.WRITE)  # errors: the fsync reports them
-            self._done = written
-
-
-@functools.cache
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes  # only here: it costs start-up time and nothing else needs it
-
-    try:
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    call.restype = ctypes.c_int
-    return call
-
-
 class _Buffers:
     """A ring of reusable read buffers; a slot is reused once the check of its last read is done."""
 
@@ -218,7 +177,9 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
     tmp = out_dir / temp_name(job.plan_digest, nb.group)
     rec = nb.chunks
     counts = [0, 0]  # bytes read, requests
-    pieces = list(split_reads(nb))
+    # A local read goes to the page cache: small pieces stay in the CPU cache while they are
+    # checked, hashed and copied (MAX_READ-sized ones made the copy memory-bound).
+    pieces = list(split_reads(nb, MAX_READ if job.backend.read_concurrency > 1 else CACHED_READ))
     half = len(pieces) // 2
 
     def runs() -> Iterator[memoryview]:
@@ -257,16 +218,17 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
                 buffers.hold(slot, job.check.submit(rec[first : first + count], data, offset, blob))
             for r in range(piece_runs[n], piece_runs[n + 1]):
                 yield data[run_lo[r] - offset : run_hi[r] - offset]
-            writeback.advance(raw.tell())
             if job.progress is not None:
                 job.progress(length)
         buffers.drain()  # nothing is published before every chunk passed its check
 
     try:
-        with open(tmp, "wb") as raw:
-            writeback = _Writeback(raw.fileno())
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a leftover of this plan's killed run
+        out = DirectWriter(tmp)
+        try:
             writer = BlobWriter(
-                raw, version=job.version, compressor=nb.compressor, digester=nb.digester,
+                out, version=job.version, compressor=nb.compressor, digester=nb.digester,
                 chunk_size=job.chunk_size, aligned=nb.aligned,
             )
             ci = writer.add_chunks(
@@ -275,8 +237,10 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
             )
             _check_landed(ci, rec)
             info = writer.finish()
-            raw.flush()
-            os.fsync(raw.fileno())
+        except BaseException:
+            out.abort()
+            raise
+        out.finish()
         sha = info.blob_id  # no ToC: the blob id is the whole file's sha256 (blob-v6.md §11)
         if not job.whole_file_id:
             # Upstream names a new blob by the sha256 of its chunk data only (B17).

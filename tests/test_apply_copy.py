@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nydus_compact.applier.blobs import CopyJob, SourceCheck, split_reads, write_new_blob
+from nydus_compact.applier.blobs import CACHED_READ, CopyJob, SourceCheck, split_reads, write_new_blob
 from nydus_compact.backends.reads import MAX_READ
 from nydus_compact.applier.errors import ApplyError
 from nydus_compact.backends.localfs import LocalFsBackend
@@ -103,9 +103,14 @@ def test_reads_longer_than_max_read_are_split_at_chunk_boundaries(tmp_path):
     assert [(o, ln, f, c) for _, o, ln, f, c in split_reads(nb)] == [
         (0, MAX_READ, 0, n - 8), (MAX_READ, size - MAX_READ, n - 8, 8),
     ]  # fmt: skip
+    # A local copy reads cache-sized pieces (4 chunks here), cut at chunk boundaries the same way.
+    per_read = CACHED_READ // (256 << 10)
+    assert [(o, ln, f, c) for _, o, ln, f, c in split_reads(nb, CACHED_READ)] == [
+        (k * CACHED_READ, CACHED_READ, k * per_read, per_read) for k in range(n // per_read)
+    ]
     wb = _write(nb, sources, backend, tmp_path / "out")
     blob = wb.path.read_bytes()
-    assert blob[:size] == data and wb.requests == 2
+    assert blob[:size] == data and wb.requests == n // per_read
     assert wb.info.blob_id == hashlib.sha256(blob).hexdigest()
 
 
