@@ -32,20 +32,37 @@ def coalesce_sorted(start: np.ndarray, end: np.ndarray, max_gap: int = 0, max_si
     too_long = np.flatnonzero(reach[lasts - 1] - start[firsts] > max_size)
     if not len(too_long):
         return firsts
-    # Runs longer than the cap (rare: ~16 MiB of adjacent chunks) are cut greedily, range by range.
+    # Runs longer than the cap (~16 MiB of adjacent chunks for a plan; every local read of apply's
+    # copy, which reads 1 MiB pieces) are cut greedily: the most ranges that fit, then the next read.
     cuts = [firsts]
     for k in too_long.tolist():
         f, last = int(firsts[k]), int(lasts[k])
-        run_start, run_end = start[f:last].tolist(), end[f:last].tolist()
-        lo, hi = run_start[0], run_end[0]
-        for i in range(1, last - f):
-            reach_i = max(hi, run_end[i])
-            if run_start[i] <= hi + max_gap and reach_i - lo <= max_size:
-                hi = reach_i
-            else:
-                cuts.append(np.array([f + i], dtype=np.int64))
-                lo, hi = run_start[i], run_end[i]
-    return np.unique(np.concatenate(cuts))
+        cuts.append(f + _greedy_cuts(start[f:last], end[f:last], max_gap, max_size))
+    return np.sort(np.concatenate(cuts))
+
+
+def _greedy_cuts(start: np.ndarray, end: np.ndarray, max_gap: int, max_size: int) -> np.ndarray:
+    """Where the reads after the first begin, cutting one coalesced run at ``max_size``."""
+    if (end[:-1] <= start[1:]).all():
+        # Disjoint ranges (every run of a plan's chunks): a read's reach is its last range's end,
+        # so each cut is one binary search instead of a step per range.
+        found, i, n = [], 0, len(start)
+        while True:
+            i = max(i + 1, int(np.searchsorted(end, start[i] + max_size, side="right")))
+            if i >= n:
+                return np.array(found, dtype=np.int64)
+            found.append(i)
+    found = []
+    run_start, run_end = start.tolist(), end.tolist()
+    lo, hi = run_start[0], run_end[0]
+    for i in range(1, len(run_start)):
+        reach_i = max(hi, run_end[i])
+        if run_start[i] <= hi + max_gap and reach_i - lo <= max_size:
+            hi = reach_i
+        else:
+            found.append(i)
+            lo, hi = run_start[i], run_end[i]
+    return np.array(found, dtype=np.int64)
 
 
 def read_extents(start: np.ndarray, end: np.ndarray, firsts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

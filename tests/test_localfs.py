@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nydus_compact.backends.base import BlobBackend
-from nydus_compact.backends.reads import coalesce
+from nydus_compact.backends.reads import coalesce, coalesce_sorted
 from nydus_compact.backends.errors import BackendError
 from nydus_compact.backends.localfs import LocalFsBackend
 
@@ -167,3 +169,35 @@ def test_coalesce_caps_a_read_and_keeps_overlaps_and_gaps_in_one_read() -> None:
     assert coalesce([(0, 6), (6, 6), (12, 6)], max_size=12) == [(0, 12, [0, 1]), (12, 6, [2])]
     assert coalesce([(0, 30), (30, 2)], max_size=12) == [(0, 30, [0]), (30, 2, [1])]
     assert coalesce([(0, 10), (4, 10), (20, 4)], max_gap=6) == [(0, 24, [0, 1, 2])]
+
+
+def _greedy_reference(ranges: list[tuple[int, int]], max_gap: int, max_size: int) -> list[int]:
+    """The cap's meaning, range by range: join while within max_gap of the reach and max_size."""
+    firsts, lo, hi = [0], ranges[0][0], ranges[0][0] + ranges[0][1]
+    for i, (off, ln) in enumerate(ranges[1:], 1):
+        reach = max(hi, off + ln)
+        if off <= hi + max_gap and reach - lo <= max_size:
+            hi = reach
+        else:
+            firsts.append(i)
+            lo, hi = off, off + ln
+    return firsts
+
+
+@pytest.mark.parametrize("overlaps", [False, True], ids=["disjoint", "overlapping"])
+def test_cutting_long_runs_matches_the_range_by_range_greedy(overlaps) -> None:
+    # Disjoint runs are cut by binary search, runs with overlaps range by range: same reads.
+    rng = random.Random(15)
+    for _ in range(500):
+        ranges, pos = [], 0
+        for _ in range(rng.randint(1, 80)):
+            length = rng.choice([1, 100, 4096, rng.randint(1, 9000)])
+            pos = max(0, pos - rng.randint(0, length)) if overlaps and rng.random() < 0.3 else pos + rng.choice([0, 0, 5])
+            ranges.append((pos, length))
+            pos += length
+        ranges.sort(key=lambda r: r[0])  # coalesce_sorted's input
+        max_gap, max_size = rng.choice([0, 5, 64]), rng.choice([1, 4096, 10000, 50000])
+        start = np.array([o for o, _ in ranges], dtype=np.int64)
+        end = start + np.array([n for _, n in ranges], dtype=np.int64)
+        got = coalesce_sorted(start, end, max_gap=max_gap, max_size=max_size).tolist()
+        assert got == _greedy_reference(ranges, max_gap, max_size), (ranges, max_gap, max_size)
