@@ -10,6 +10,11 @@ import traceback
 
 import typer
 
+# numpy's OpenBLAS starts one thread per core that busy-waits after start-up; nothing here
+# multiplies matrices, and those threads took CPU time from apply's hashing and copying.
+# Set before any command imports numpy; a user's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from nydus_compact.applier.errors import ApplyError
 from nydus_compact.backends.errors import BackendError
 from nydus_compact.image.errors import ImageError, ImageUsageError

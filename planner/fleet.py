@@ -92,7 +92,8 @@ def project(union: Union, result: Layout, image: int, in_place: bool = False) ->
     (see Layout.relocated_chunks), which then no longer hold the image's old locations."""
     start, end = union.slices[image]
     chunks = result.relocated_chunks(start, end, in_place)
-    used = set(np.unique(chunks["blob_index"]).tolist()) if len(chunks) else set()
+    # bincount, not np.unique: numpy's unique imports numpy.ma, 20-50 ms of every apply.
+    used = set(np.flatnonzero(np.bincount(chunks["blob_index"])).tolist()) if len(chunks) else set()
     dict_ids = {b.blob_id for b in union.facts.chunk_dict.blobs} if union.facts.chunk_dict else set()
     keep = [e for e in result.table if e.new_index in used or e.blob_id in dict_ids]
     remap = np.full(len(result.table), -1, dtype=np.int64)
