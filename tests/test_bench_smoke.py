@@ -116,6 +116,6 @@ def test_apply_speed_quick_run_reports_every_phase(tmp_path):
     (row,) = json.loads(out.read_text())["results"]
     assert (row["image"], row["version"], row["blobs"]) == ("merge-quick", 6, 16)
     assert row["new_blob_bytes"] >= 16 << 20  # every source blob merged: all chunk data written again
-    for phase in ("apply", "apply-nv", "cp+sync", "sha256", "start-up"):
+    for phase in ("apply", "apply-nv", "cp+sync", "sha256", "copy-floor", "start-up"):
         assert row[phase]["seconds"]["median"] > 0 and len(row[phase]["load"]) == 1
     assert row["apply_vs_cp"] == pytest.approx(row["apply"]["seconds"]["median"] / row["cp+sync"]["seconds"]["median"])
