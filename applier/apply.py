@@ -255,13 +255,14 @@ def apply_plan(
             written = _write_blobs(prep, job, checkpoints, opts.jobs, progress)
             _publish_blobs(backend, result, written, checkpoints)
             done = checkpoints.done()
-            tables = []
-            for k, (key, out_boot) in enumerate(boots.items()):
+            # The source records are not needed any more (the blobs are written, and a rerun loads
+            # them again): each image's new records take their place instead of a copy, and the
+            # layout's per-occurrence arrays go before any bootstrap is serialised.
+            projections = [project(prep.union, result, k, in_place=True) for k in range(len(boots))]
+            result = prep.layout = result.without_occurrences()
+            tables = [proj.table for proj in projections]
+            for k, ((key, out_boot), proj) in enumerate(zip(boots.items(), projections)):
                 phase(f"writing bootstrap {out_boot.name}", 0, 0)
-                # The source records are not needed any more (the blobs are written, and a rerun
-                # loads them again): the new ones take their place instead of a copy.
-                proj = project(prep.union, result, k, in_place=True)
-                tables.append(proj.table)
                 new_bs = _new_bootstrap(images[k], proj, written, prep.infos)
                 _check_table(new_bs, written, backend)
                 data = serialize_bootstrap(new_bs)
@@ -271,7 +272,7 @@ def apply_plan(
                     boot_sha = _write_bootstrap(out_boot, data, tmp + key.replace(":", "-"))
                     fault_point("bootstrap-done")
                     checkpoints.finish(key, bytes=data.size, size=data.size, sha256=boot_sha)
-                del proj, new_bs, data  # the next image's are built without these beside them
+                del new_bs, data  # the next image's are built without these beside them
             res = _result(run.id, run.resumes, written, digest, boots, prep, tables)
             if opts.output_json is not None:
                 doc = _write_json(opts.output_json, res, tmp)

@@ -11,6 +11,7 @@ dropped and their occurrences use the first copy in recipe order.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +114,13 @@ class Layout:
     def chunks(self) -> np.ndarray:
         """CHUNK_DTYPE: every occurrence with its new location (a new array on each access)."""
         return self.relocated_chunks(0, len(self.source))
+
+    def without_occurrences(self) -> Layout:
+        """This layout without its per-occurrence arrays (``source``, ``locations``): for a caller
+        that has taken every relocated record it needs, as large as the chunk table each."""
+        return dataclasses.replace(
+            self, source=self.source[:0].copy(), locations=np.empty(0, dtype=LOCATION_DTYPE)
+        )
 
     def relocated_chunks(self, start: int, end: int, in_place: bool = False) -> np.ndarray:
         """Occurrences [start, end) with their new locations, without building the whole array.
@@ -261,7 +269,8 @@ def _recipes(
     """Each group's chunks: the winners of its members, by (source E index, offset, digest) (§1.11).
 
     Also returns, per occurrence position, the winner whose new slot it takes: itself, except for
-    a v6 winner dropped as a same-digest copy, which takes the kept copy's.
+    a v6 winner dropped as a same-digest copy, which takes the kept copy's; None when no winner
+    was dropped (every winner takes its own slot).
     """
     ch = facts.chunks
     w = res.winners[group_of[ch["blob_index"][res.winners]] >= 0]
@@ -270,12 +279,12 @@ def _recipes(
     w, new_of_w = w[order], group_of[wblob[order]]
 
     out = []
-    alias = np.arange(len(ch), dtype=np.int64)
+    alias: np.ndarray | None = None
     for g in sorted(decisions.groups, key=lambda g: group_new[g.group]):
         new_index = group_new[g.group]
         sel = w[np.searchsorted(new_of_w, new_index, "left") : np.searchsorted(new_of_w, new_index, "right")]
         if facts.version == 6:
-            sel = _drop_same_digest(ch, sel, alias, res, f"new blob {new_index} (group {g.group})")
+            sel, alias = _drop_same_digest(ch, sel, alias, res, f"new blob {new_index} (group {g.group})")
         target = res.ext.blobs[g.target]
         # F5: v6 needs 4 KiB-aligned offsets; v5 keeps the source's alignment.
         aligned = facts.version == 6 or any(res.ext.blobs[i].features & BlobFeatures.ALIGNED for i in g.members)
@@ -299,8 +308,11 @@ def _recipes(
     return out, alias
 
 
-def _drop_same_digest(ch: np.ndarray, sel: np.ndarray, alias: np.ndarray, res: Resolution, where: str) -> np.ndarray:
-    """The winners ``sel`` (in recipe order) less later copies of a digest, which ``alias`` maps to the first.
+def _drop_same_digest(
+    ch: np.ndarray, sel: np.ndarray, alias: np.ndarray | None, res: Resolution, where: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The winners ``sel`` (in recipe order) less later copies of a digest, and ``alias`` mapping
+    those to the first (made on the first copy dropped: an array as long as the occurrences).
 
     A copy may only go if it is the same chunk record-wise; otherwise the v6 chunk table cannot
     hold both and the plan is refused.
@@ -308,7 +320,7 @@ def _drop_same_digest(ch: np.ndarray, sel: np.ndarray, alias: np.ndarray, res: R
     first = sel[first_equal(digest_columns(ch[sel]))]
     dropped = first != sel
     if not dropped.any():
-        return sel
+        return sel, alias
     copies, kept = sel[dropped], first[dropped]
     for field in ("compressed_size", "uncompressed_size", "flags"):
         bad = np.flatnonzero(ch[field][copies] != ch[field][kept])
@@ -319,8 +331,10 @@ def _drop_same_digest(ch: np.ndarray, sel: np.ndarray, alias: np.ndarray, res: R
                 f"{_source_of(ch, res, b)} with a different {field.replace('_', ' ')} "
                 f"({int(ch[field][a])} vs {int(ch[field][b])}); the v6 chunk table holds one entry per digest and blob"
             )
+    if alias is None:
+        alias = np.arange(len(ch), dtype=np.int64)
     alias[copies] = kept
-    return sel[~dropped]
+    return sel[~dropped], alias
 
 
 def _source_of(ch: np.ndarray, res: Resolution, o: int) -> str:
@@ -385,17 +399,23 @@ def _check_limits(version: int, blob: NewBlob, cap: int | None) -> None:
 
 
 def _relocate(
-    res: Resolution, kept_new: np.ndarray, group_of: np.ndarray, new_blobs: list[NewBlob], alias: np.ndarray
+    res: Resolution,
+    kept_new: np.ndarray,
+    group_of: np.ndarray,
+    new_blobs: list[NewBlob],
+    alias: np.ndarray | None,
 ) -> np.ndarray:
     """Every occurrence moves with its home chunk: a kept blob's new index, or its winner's new slot."""
-    out = np.empty(len(res.home_blob), dtype=LOCATION_DTYPE)  # _check_nothing_lost: every row is set below
-    kept = np.flatnonzero(kept_new[res.home_blob] >= 0)
-    out["blob_index"][kept] = kept_new[res.home_blob[kept]]
-    out["index"][kept] = res.home_index[kept]
-    out["compressed_offset"][kept] = res.home_coff[kept]
-    out["uncompressed_offset"][kept] = res.home_uoff[kept]
+    # Every row first as if its home blob were kept, then the moved rows are overwritten: whole
+    # columns at once need no index arrays and no gathered copies as long as the occurrences.
+    # (_check_nothing_lost: every row is kept or moved.)
+    out = np.empty(len(res.home_blob), dtype=LOCATION_DTYPE)
+    out["blob_index"] = np.maximum(kept_new, 0).astype(np.uint32)[res.home_blob]
+    out["index"] = res.home_index
+    out["compressed_offset"] = res.home_coff
+    out["uncompressed_offset"] = res.home_uoff
 
-    moved = np.flatnonzero(group_of[res.home_blob] >= 0)
+    moved = np.flatnonzero((group_of >= 0)[res.home_blob])
     if new_blobs:
         # The new slot of every winner a group copies, looked up by its occurrence position.
         occ = np.concatenate([nb.chunks["occurrence"] for nb in new_blobs])
@@ -404,6 +424,8 @@ def _relocate(
         for name in ("index", "compressed_offset", "uncompressed_offset"):
             slots[name] = np.concatenate([nb.chunks[name] for nb in new_blobs])
         by_occ = np.argsort(occ)
-        w = alias[res.winner[moved]]  # never -1: dict blobs cannot be in a group
+        w = res.winner[moved]  # never -1: dict blobs cannot be in a group
+        if alias is not None:
+            w = alias[w]
         out[moved] = slots[by_occ[np.searchsorted(occ, w, sorter=by_occ)]]
     return out

@@ -181,25 +181,18 @@ def resolve(facts: Facts, flags: Flags) -> Resolution:
             f"occurrence {o}: blob_index {ch['blob_index'][o]} is outside the blob table ({ext.n_source} blobs)"
         )
     blob = ch["blob_index"].astype(np.int16)  # E has at most MAX_EXTENDED_BLOBS blobs
-    home_blob = blob.copy()
-    home_index = ch["index"].copy()
-    home_coff = ch["compressed_offset"].copy()
-    home_uoff = ch["uncompressed_offset"].copy()
     processed = ~ext.is_dict[blob]  # F1
     digests = digest_columns(ch)
 
     hit = np.zeros(len(ch), dtype=bool)
+    pos = dpos = np.zeros(0, dtype=np.int64)
     if facts.chunk_dict is not None:
-        dch = facts.chunk_dict.chunks
         pos, dpos = _dict_hits(facts.chunk_dict, ch, digests, np.flatnonzero(processed))
-        _require_same_sizes(ch, pos, dch, dpos, "the chunk dict")
+        _require_same_sizes(ch, pos, facts.chunk_dict.chunks, dpos, "the chunk dict")
         hit[pos] = True
-        home_blob[pos] = ext.real[dch["blob_index"][dpos]]  # F2
-        home_index[pos] = dch["index"][dpos]
-        home_coff[pos] = dch["compressed_offset"][dpos]
-        home_uoff[pos] = dch["uncompressed_offset"][dpos]
 
     contenders = np.flatnonzero(processed & ~hit)
+    del processed
     if facts.version == 6 and flags.v6_key == "offset":
         keys = _location_keys(blob, ch["compressed_offset"])
     else:
@@ -209,6 +202,18 @@ def resolve(facts: Facts, flags: Flags) -> Resolution:
     winner = np.full(len(ch), -1, dtype=np.int64)
     winner[contenders] = contenders[first_equal(keys)]
     del keys, digests
+    # The homes are made only now, after the sort above: the peak holds one set of large arrays less.
+    home_blob = blob.copy()
+    home_index = ch["index"].copy()
+    home_coff = ch["compressed_offset"].copy()
+    home_uoff = ch["uncompressed_offset"].copy()
+    if len(pos):
+        dch = facts.chunk_dict.chunks
+        home_blob[pos] = ext.real[dch["blob_index"][dpos]]  # F2
+        home_index[pos] = dch["index"][dpos]
+        home_coff[pos] = dch["compressed_offset"][dpos]
+        home_uoff[pos] = dch["uncompressed_offset"][dpos]
+    del pos, dpos, hit
     won = winner[contenders] == contenders
     followers = contenders[~won]
     w = winner[followers]

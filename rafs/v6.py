@@ -1037,24 +1037,29 @@ def _record_words(chunks: np.ndarray) -> list[np.ndarray]:
 
 def _table_of(occ: np.ndarray) -> np.ndarray:
     """The chunk table of the records ``occ`` in insertion order: sorted by (digest, blob_index), last wins."""
+    # Sorted through an index: the records themselves are copied once, into the table.
     words = np.frombuffer(occ["block_id"].tobytes(), dtype=">u8").reshape(-1, 4)
-    order = np.lexsort((occ["blob_index"], words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
-    srt = occ[order]
+    blob = occ["blob_index"]
+    order = np.lexsort((blob, words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
     sw = words[order]
-    same_next = np.zeros(len(srt), dtype=bool)
-    same_next[:-1] = np.all(sw[1:] == sw[:-1], axis=1) & (srt["blob_index"][1:] == srt["blob_index"][:-1])
+    del words
+    same_next = np.zeros(len(order), dtype=bool)
+    same_next[:-1] = np.all(sw[1:] == sw[:-1], axis=1) & (blob[order[1:]] == blob[order[:-1]])
+    del sw
     last = np.flatnonzero(~same_next)
-    group_last = last[np.searchsorted(last, np.arange(len(srt)))]
+    group_last = last[np.searchsorted(last, np.arange(len(order)))]
     loc = ("index", "uncompressed_offset", "compressed_offset", "compressed_size", "uncompressed_size", "flags")
     for field in loc:
-        if np.any(srt[field] != srt[field][group_last]):
-            i = int(np.flatnonzero(srt[field] != srt[field][group_last])[0])
+        values = occ[field][order]
+        moved = np.flatnonzero(values != values[group_last])
+        if moved.size:
+            i = int(order[moved[0]])
             raise RafsFormatError(
                 MODEL,
-                f"digest {bytes(srt['block_id'][i]).hex()} sits at two locations in blob "
-                f"{int(srt['blob_index'][i])}: the v6 chunk table can hold only one",
+                f"digest {bytes(occ['block_id'][i]).hex()} sits at two locations in blob "
+                f"{int(occ['blob_index'][i])}: the v6 chunk table can hold only one",
             )
-    table = srt[last].copy()
+    table = occ[order[last]]
     table["reserved"] = 0
     return table
 
@@ -1064,13 +1069,15 @@ def _inode_facts(node: Node) -> tuple:
             node.chunk_count)  # fmt: skip
 
 
-def _chunk_addresses(chunks: np.ndarray) -> bytes:
+def _chunk_addresses(chunks: np.ndarray) -> memoryview:
+    """Every occurrence's 8-byte chunk address, as bytes (a view of the array, not a copy of it)."""
     addr = np.zeros(len(chunks), dtype=CHUNK_ADDR_DTYPE)
     index = chunks["index"].astype(np.uint32)
     addr["lo"] = index & 0xFFFF
     addr["hi"] = (chunks["blob_index"].astype(np.uint32) + 1) | ((index >> 16) << 8)
+    del index
     addr["blk"] = chunks["uncompressed_offset"] // np.uint64(BLOCK_SIZE)
-    return addr.tobytes()
+    return memoryview(addr.view(np.uint8))
 
 
 def _split_xattr(name: bytes, path: bytes) -> tuple[int, bytes]:
