@@ -211,12 +211,14 @@ def apply_plan(
 
     phase("loading the source bootstraps", 0, 0)
     images = [load_bootstrap(plan.locate(im.path)) for im in plan.images]
+    _return_freed_memory()
     phase("re-validating the plan's decisions", 0, 0)
     prep = prepare(plan, source_name, images)
     # Only the layout's relocated occurrences are used from here on: drop the sources' and the
     # union's copies, each as large as the chunk table.
     images = [replace(bs, chunks=empty_chunks()) for bs in images]
     prep.union = replace(prep.union, facts=replace(prep.union.facts, chunks=empty_chunks()))
+    _return_freed_memory()
     result, sources = prep.layout, prep.sources
     # A single image keeps the plain step and output names ("bootstrap"); a fleet numbers them.
     keys = ["bootstrap"] if len(images) == 1 else [f"bootstrap:{k}" for k in range(len(images))]
@@ -299,6 +301,20 @@ def _check_output_paths(plan: Plan, opts: ApplyOptions, out_boots: list[Path], s
         guard.output(out, f"the new bootstrap ({flag})")
     if opts.output_json is not None and not is_stdout(opts.output_json):
         guard.output(opts.output_json, "the result JSON (--output-json)")
+
+
+def _return_freed_memory() -> None:
+    """Hand the pages of freed temporaries back to the system between apply's phases.
+
+    Once glibc has freed one large array it raises its mmap threshold, so later arrays of that
+    size come from the heap, whose free pages it keeps: each phase's peak would then sit on top of
+    the previous phase's leftovers. Without glibc (musl, macOS) this does nothing."""
+    import ctypes  # only here: nothing else on apply's path needs it
+
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _local_dirs(backend: BlobBackend) -> list[Path]:

@@ -427,5 +427,8 @@ def _relocate(
         w = res.winner[moved]  # never -1: dict blobs cannot be in a group
         if alias is not None:
             w = alias[w]
-        out[moved] = slots[by_occ[np.searchsorted(occ, w, sorter=by_occ)]]
+        slot = by_occ[np.searchsorted(occ, w, sorter=by_occ)]
+        del w
+        for name in LOCATION_FIELDS:  # a column at a time: no gathered copy of whole rows
+            out[name][moved] = slots[name][slot]
     return out

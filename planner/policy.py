@@ -199,7 +199,7 @@ def resolve(facts: Facts, flags: Flags) -> Resolution:
         keys = digests
     if len(contenders) < len(ch):
         keys = [c[contenders] for c in keys]
-    winner = np.full(len(ch), -1, dtype=np.int64)
+    winner = np.full(len(ch), -1, dtype=np.int32)  # a 2 GiB bootstrap holds < 2^28 occurrences
     winner[contenders] = contenders[first_equal(keys)]
     del keys, digests
     # The homes are made only now, after the sort above: the peak holds one set of large arrays less.

@@ -700,7 +700,10 @@ class _Writer:
         bs = self.bs
         self._check_model()
         n = len(self.nodes)
-        self.children = [sorted(node.children, key=lambda c: self.nodes[c].name) for node in self.nodes]
+        # One shared empty tuple for the childless (most nodes): not one empty list each.
+        self.children = [
+            sorted(n.children, key=lambda c: self.nodes[c].name) if n.children else () for n in self.nodes
+        ]
         self.placed = [_Placed() for _ in range(n)]
         self.dir_blocks: dict[int, list[list[tuple[bytes, int]]]] = {}
         self.dir_size: dict[int, int] = {}
@@ -980,17 +983,20 @@ class _Writer:
             last_inline = placed.layout == FLAT_INLINE and k == len(blocks) - 1
             self._put(inode_end if last_inline else blocks_off + BLOCK_SIZE * k, bytes(dirents + names))
 
-    def _chunk_format_words(self) -> dict[int, int]:
-        """i_u of each regular file (§13.1), with the builder's contiguity trick."""
+    def _chunk_format_words(self) -> list[int]:
+        """i_u of each regular file by position (§13.1), with the builder's contiguity trick."""
         bs, cs = self.bs, self.bs.chunk_size
         chunks = bs.chunks
-        uoff = chunks["uncompressed_offset"].astype(np.int64)
+        uoff = chunks["uncompressed_offset"]
         blob = chunks["blob_index"]
         step_ok = np.ones(len(chunks), dtype=bool)
         if len(chunks) > 1:
+            # u64 differences: a step down wraps to a huge value, which is not cs either.
             step_ok[1:] = (blob[1:] == blob[:-1]) & (uoff[1:] - uoff[:-1] == cs)
-        bad_before = np.concatenate(([0], np.cumsum(~step_ok)))
-        words = {}
+        bad_before = np.zeros(len(chunks) + 1, dtype=np.int32)  # a chunk array stays below 2^31 records
+        np.cumsum(~step_ok, dtype=np.int32, out=bad_before[1:])
+        del step_ok
+        words = [0] * len(self.nodes)
         base = CHUNK_FORMAT_INDEXES | ((cs.bit_length() - 1 - 12) & 0x1F)
         for pos, node in enumerate(self.nodes):
             if not node.is_reg:
@@ -1014,18 +1020,29 @@ class _Writer:
         if not ranges:
             return empty_chunks()
         chunks = self.bs.chunks
-        occ = _gather_index(ranges)  # insertion order
-        pair = (chunks["blob_index"][occ].astype(np.uint64) << np.uint64(32)) | chunks["index"][occ]
+        # Files that take the chunk array in order, each once (no hard links), insert it as it is:
+        # no index array as long as the occurrences is needed to read them in insertion order.
+        occ = None if _tiles(ranges, len(chunks)) else _gather_index(ranges)
+        blob, index = chunks["blob_index"], chunks["index"]
+        if occ is not None:
+            blob, index = blob[occ], index[occ]
+        pair = (blob.astype(np.uint64) << np.uint64(32)) | index
+        del blob, index
         order = np.argsort(pair, kind="stable")
-        occ = occ[order]
         same_pair = pair[order]
-        del pair, order
+        del pair
         same_pair = same_pair[1:] == same_pair[:-1]
+        if occ is not None:
+            order = occ[order]
+            del occ
         for word in _record_words(chunks):
-            w = word[occ]
+            w = word[order]
             if np.any(same_pair & (w[1:] != w[:-1])):
-                return _table_of(chunks[_gather_index(ranges)])
-        return _table_of(chunks[occ[np.append(~same_pair, True)]])
+                del order
+                return _table_of(chunks, _gather_index(ranges))
+        last_of_pair = order[np.append(~same_pair, True)]
+        del order, same_pair
+        return _table_of(chunks, last_of_pair)
 
 
 def _record_words(chunks: np.ndarray) -> list[np.ndarray]:
@@ -1035,31 +1052,45 @@ def _record_words(chunks: np.ndarray) -> list[np.ndarray]:
     return [words[:, k] for k in range(words.shape[1])]
 
 
-def _table_of(occ: np.ndarray) -> np.ndarray:
-    """The chunk table of the records ``occ`` in insertion order: sorted by (digest, blob_index), last wins."""
-    # Sorted through an index: the records themselves are copied once, into the table.
-    words = np.frombuffer(occ["block_id"].tobytes(), dtype=">u8").reshape(-1, 4)
-    blob = occ["blob_index"]
+def _tiles(ranges: list[tuple[int, int]], n: int) -> bool:
+    """(start, count) ranges cover 0..n-1 in order, each position once."""
+    at = 0
+    for start, count in ranges:
+        if start != at:
+            return False
+        at += count
+    return at == n
+
+
+def _table_of(chunks: np.ndarray, occ: np.ndarray) -> np.ndarray:
+    """The chunk table of the records ``chunks[occ]`` in insertion order: sorted by (digest,
+    blob_index), last wins. Sorted through indexes: the records are copied once, into the table."""
+    rows = np.ascontiguousarray(chunks).view(np.uint8).reshape(len(chunks), CHUNK_DTYPE.itemsize)
+    start = CHUNK_DTYPE.fields["block_id"][1]
+    words = rows[occ, start : start + 32].view(">u8")
+    blob = chunks["blob_index"][occ]
     order = np.lexsort((blob, words[:, 3], words[:, 2], words[:, 1], words[:, 0]))
     sw = words[order]
     del words
     same_next = np.zeros(len(order), dtype=bool)
     same_next[:-1] = np.all(sw[1:] == sw[:-1], axis=1) & (blob[order[1:]] == blob[order[:-1]])
-    del sw
+    del sw, blob
+    srt = occ[order]  # positions in chunks, in table order before the last of each digest is kept
+    del order
     last = np.flatnonzero(~same_next)
-    group_last = last[np.searchsorted(last, np.arange(len(order)))]
+    group_last = last[np.searchsorted(last, np.arange(len(srt)))]
     loc = ("index", "uncompressed_offset", "compressed_offset", "compressed_size", "uncompressed_size", "flags")
     for field in loc:
-        values = occ[field][order]
+        values = chunks[field][srt]
         moved = np.flatnonzero(values != values[group_last])
         if moved.size:
-            i = int(order[moved[0]])
+            i = int(srt[moved[0]])
             raise RafsFormatError(
                 MODEL,
-                f"digest {bytes(occ['block_id'][i]).hex()} sits at two locations in blob "
-                f"{int(occ['blob_index'][i])}: the v6 chunk table can hold only one",
+                f"digest {bytes(chunks['block_id'][i]).hex()} sits at two locations in blob "
+                f"{int(chunks['blob_index'][i])}: the v6 chunk table can hold only one",
             )
-    table = occ[order[last]]
+    table = chunks[srt[last]]
     table["reserved"] = 0
     return table
 
