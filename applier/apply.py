@@ -150,10 +150,13 @@ class Prepared:
     paths: list[str]  # the source bootstraps, in plan order
 
 
-def prepare(plan: Plan, source_name: str, images: list[Bootstrap]) -> Prepared:
-    """Recompute the recipe from the plan's decisions and refuse any that lose a chunk."""
+def prepare(plan: Plan, source_name: str, images: list[Bootstrap], in_place: bool = False) -> Prepared:
+    """Recompute the recipe from the plan's decisions and refuse any that lose a chunk.
+
+    ``in_place``: the images' chunk records get their new locations (see ``layout``), for a caller
+    that needs the old ones no more."""
     dict_bs = load_bootstrap(plan.locate(plan.chunk_dict.path)) if plan.chunk_dict is not None else None
-    union, _, result = relayout(plan, source_name, images, dict_bs)
+    union, _, result = relayout(plan, source_name, images, dict_bs, in_place)
     facts = union.facts
     sources = list(facts.blobs)
     first_seen: dict[str, BlobInfo] = {}
@@ -213,9 +216,11 @@ def apply_plan(
     images = [load_bootstrap(plan.locate(im.path)) for im in plan.images]
     _return_freed_memory()
     phase("re-validating the plan's decisions", 0, 0)
-    prep = prepare(plan, source_name, images)
+    # The new blobs are copied from the layout's recipes, so the source records take their new
+    # locations at once: apply never holds a second array as long as the chunk table.
+    prep = prepare(plan, source_name, images, in_place=True)
     # Only the layout's relocated occurrences are used from here on: drop the sources' and the
-    # union's copies, each as large as the chunk table.
+    # union's references (the union's own copy, for a fleet), each as large as the chunk table.
     images = [replace(bs, chunks=empty_chunks()) for bs in images]
     prep.union = replace(prep.union, facts=replace(prep.union.facts, chunks=empty_chunks()))
     _return_freed_memory()
@@ -257,11 +262,12 @@ def apply_plan(
             written = _write_blobs(prep, job, checkpoints, opts.jobs, progress)
             _publish_blobs(backend, result, written, checkpoints)
             done = checkpoints.done()
-            # The source records are not needed any more (the blobs are written, and a rerun loads
-            # them again): each image's new records take their place instead of a copy, and the
-            # layout's per-occurrence arrays go before any bootstrap is serialised.
+            # Each image's records, already relocated, are renumbered in place to its own blob
+            # table (once: the layout's locations are views of them), and the layout's
+            # per-occurrence arrays go before any bootstrap is serialised.
             projections = [project(prep.union, result, k, in_place=True) for k in range(len(boots))]
             result = prep.layout = result.without_occurrences()
+            _return_freed_memory()
             tables = [proj.table for proj in projections]
             for k, ((key, out_boot), proj) in enumerate(zip(boots.items(), projections)):
                 phase(f"writing bootstrap {out_boot.name}", 0, 0)

@@ -89,7 +89,8 @@ class ImageProjection:
 
 def project(union: Union, result: Layout, image: int, in_place: bool = False) -> ImageProjection:
     """``image``'s new blob table and occurrences; ``in_place``: over the layout's source records
-    (see Layout.relocated_chunks), which then no longer hold the image's old locations."""
+    (see Layout.relocated_chunks), which then no longer hold the image's old locations. Of a layout
+    made in place, project each image in place once only: its blob indexes are renumbered there."""
     start, end = union.slices[image]
     chunks = result.relocated_chunks(start, end, in_place)
     # bincount, not np.unique: numpy's unique imports numpy.ma, 20-50 ms of every apply.

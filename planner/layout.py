@@ -134,7 +134,10 @@ class Layout:
         return out
 
 
-def layout(facts: Facts, decisions: Decisions) -> Layout:
+def layout(facts: Facts, decisions: Decisions, in_place: bool = False) -> Layout:
+    """``in_place``: the new locations are written over ``facts.chunks`` and ``locations`` is a view
+    of them, for a caller that needs the source records no more (apply: the new blobs are copied
+    from the recipes): no second array as long as the occurrences."""
     if decisions.version != facts.version:
         raise PlanError(f"decisions are for RAFS v{decisions.version}, the source is v{facts.version}")
     if decisions.noop_reason is not None:
@@ -167,10 +170,8 @@ def layout(facts: Facts, decisions: Decisions) -> Layout:
     _check_nothing_lost(res, kept_new, group_of)
 
     new_blobs, alias = _recipes(facts, res, decisions, group_of, group_new)
-    locations = _relocate(res, kept_new, group_of, new_blobs, alias)
-    changed = np.zeros(len(locations), dtype=bool)
-    for name in LOCATION_FIELDS:
-        changed |= locations[name] != facts.chunks[name]
+    into = facts.chunks if in_place and facts.chunks.flags.writeable else None
+    locations, changed = _relocate(res, kept_new, group_of, new_blobs, alias, facts.chunks, into)
     kept_ids = {e.blob_id for e in table if e.blob_id is not None}
     deletable = list(dict.fromkeys(b.blob_id for b in facts.blobs if b.blob_id not in kept_ids))
     source_ids = [b.blob_id for b in facts.blobs]
@@ -404,18 +405,17 @@ def _relocate(
     group_of: np.ndarray,
     new_blobs: list[NewBlob],
     alias: np.ndarray | None,
-) -> np.ndarray:
-    """Every occurrence moves with its home chunk: a kept blob's new index, or its winner's new slot."""
-    # Every row first as if its home blob were kept, then the moved rows are overwritten: whole
-    # columns at once need no index arrays and no gathered copies as long as the occurrences.
-    # (_check_nothing_lost: every row is kept or moved.)
-    out = np.empty(len(res.home_blob), dtype=LOCATION_DTYPE)
-    out["blob_index"] = np.maximum(kept_new, 0).astype(np.uint32)[res.home_blob]
-    out["index"] = res.home_index
-    out["compressed_offset"] = res.home_coff
-    out["uncompressed_offset"] = res.home_uoff
+    source: np.ndarray,
+    into: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every occurrence moves with its home chunk: a kept blob's new index, or its winner's new slot.
 
+    Returns the new locations (written over ``into``'s location fields if given, which may be
+    ``source`` itself) and which occurrences they change against ``source``.
+    """
     moved = np.flatnonzero((group_of >= 0)[res.home_blob])
+    slots = np.zeros(0, dtype=LOCATION_DTYPE)
+    slot = np.zeros(0, dtype=np.int64)
     if new_blobs:
         # The new slot of every winner a group copies, looked up by its occurrence position.
         occ = np.concatenate([nb.chunks["occurrence"] for nb in new_blobs])
@@ -429,6 +429,19 @@ def _relocate(
             w = alias[w]
         slot = by_occ[np.searchsorted(occ, w, sorter=by_occ)]
         del w
-        for name in LOCATION_FIELDS:  # a column at a time: no gathered copy of whole rows
-            out[name][moved] = slots[name][slot]
-    return out
+    out = np.empty(len(res.home_blob), dtype=LOCATION_DTYPE) if into is None else into[list(LOCATION_FIELDS)]
+    changed = np.zeros(len(res.home_blob), dtype=bool)
+    homes = {"index": res.home_index, "compressed_offset": res.home_coff, "uncompressed_offset": res.home_uoff}
+    # A column at a time, every row first as if its home blob were kept, then the moved rows (and
+    # _check_nothing_lost: every row is one of them): no gathered copies of whole rows, and the
+    # source column is compared before it may be overwritten.
+    for name in LOCATION_FIELDS:
+        home = np.maximum(kept_new, 0).astype(np.uint32)[res.home_blob] if name == "blob_index" else homes[name]
+        new_moved = slots[name][slot]
+        diff = home != source[name]
+        diff[moved] = new_moved != source[name][moved]
+        changed |= diff
+        out[name] = home
+        out[name][moved] = new_moved
+        del home, new_moved, diff
+    return out, changed

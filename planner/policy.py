@@ -215,14 +215,14 @@ def resolve(facts: Facts, flags: Flags) -> Resolution:
         home_uoff[pos] = dch["uncompressed_offset"][dpos]
     del pos, dpos, hit
     won = winner[contenders] == contenders
-    followers = contenders[~won]
+    winners, followers = contenders[won], contenders[~won]
+    del contenders, won
     w = winner[followers]
     _require_same_sizes(ch, followers, ch, w, "its first occurrence")
     home_blob[followers] = blob[w]
     home_index[followers] = home_index[w]
     home_coff[followers] = home_coff[w]
     home_uoff[followers] = home_uoff[w]
-    winners = contenders[won]
     return Resolution(facts, flags.v6_key, ext, home_blob, home_index, home_coff, home_uoff, winner, winners)
 
 

@@ -75,15 +75,16 @@ def explain_lost(exc: ChunkLostError, bs: Bootstrap, source: str) -> PlanFileErr
 
 
 def relayout(
-    plan: Plan, source: str, images: list[Bootstrap], chunk_dict: Bootstrap | None
+    plan: Plan, source: str, images: list[Bootstrap], chunk_dict: Bootstrap | None, in_place: bool = False
 ) -> tuple[Union, Decisions, Layout]:
     """The recipe of the plan's (possibly hand-edited) decisions over ``images``, as apply computes
-    it; a PlanError (naming the blob and the file) for decisions under which a chunk is lost."""
+    it; a PlanError (naming the blob and the file) for decisions under which a chunk is lost.
+    ``in_place``: see ``layout`` (the images' chunk records then hold the new locations)."""
     observed = {b.blob_id: b.observed_size for b in plan.blobs if b.observed_size is not None}
     union = unite(images, [im.path for im in plan.images], observed, chunk_dict)
     decisions = decisions_from_plan(plan, source)
     try:
-        result = layout(union.facts, decisions)
+        result = layout(union.facts, decisions, in_place)
     except ChunkLostError as exc:
         k = next(k for k, (start, end) in enumerate(union.slices) if start <= exc.occurrence < end)
         local = ChunkLostError(exc.blob_id, exc.occurrence - union.slices[k][0], exc.compressed_offset)

@@ -76,6 +76,7 @@ BLOB_ENTRY = Record("RafsV6Blob", [
 # BlobInfo fields a blob-table entry stores as they are, under the same name (the rest is converted).
 _BLOB_ENTRY_SAME_NAMES = tuple(f.name for f in dataclasses.fields(BlobInfo) if f.name in BLOB_ENTRY.fields and f.name != "blob_id")
 CHUNK_INFO_SIZE = CHUNK_DTYPE.itemsize  # §6 RafsV5ChunkInfo, shared by v6
+TABLE_PART = (1 << 20) // CHUNK_INFO_SIZE  # chunk-info records per part handed out by serialize
 DEVT_OFFSET = DEVT_SLOTOFF * DEVICE_SLOT.size
 INODE_EXTENDED = struct.Struct("<HHHHQIIIIQII16s")
 INODE_COMPACT = struct.Struct("<HHHHIIIIHHI")
@@ -663,6 +664,7 @@ class _Placed:
     data_offset: int = 0  # dirents_offset: start of the full flat blocks
     xattr_blob: bytes = b""
     inode_size: int = 64
+    links: int = 1  # regular files: names of the inode written here; 0 for a later hard link to it
 
 
 def dump(bs: Bootstrap) -> bytearray:
@@ -681,7 +683,7 @@ class _Writer:
         self.bs = bs
         self.nodes = bs.nodes
         self.buf = bytearray()  # the metadata, up to the chunk-info table
-        self.table = empty_chunks()  # the chunk-info table
+        self.table = np.zeros(0, dtype=np.int64)  # the chunk-info table: its records' positions in bs.chunks
         self.size = 0
 
     def serialize(self) -> Serialized:
@@ -693,12 +695,18 @@ class _Writer:
 
     def parts(self) -> Iterator[Part]:
         yield self.buf
-        yield memoryview(self.table.view(np.uint8))
-        yield bytes(self.size - len(self.buf) - self.table.nbytes)
+        # The table is copied out of the chunk array a part at a time: it is never held whole.
+        for at in range(0, len(self.table), TABLE_PART):
+            records = self.bs.chunks[self.table[at : at + TABLE_PART]]
+            records["reserved"] = 0
+            yield memoryview(records.view(np.uint8))
+        yield bytes(self.size - len(self.buf) - CHUNK_INFO_SIZE * len(self.table))
 
     def _layout(self) -> None:
         bs = self.bs
         self._check_model()
+        # The table first: its sort's temporaries then do not sit on top of the metadata.
+        table = self.table = self._chunk_table()
         n = len(self.nodes)
         # One shared empty tuple for the childless (most nodes): not one empty list each.
         self.children = [
@@ -726,7 +734,6 @@ class _Writer:
 
         ct_off = _align(len(self.buf), BLOCK_SIZE)
         self.buf.extend(bytes(ct_off - len(self.buf)))
-        table = self.table = self._chunk_table()
         file_size = self.size = _align(ct_off + len(table) * CHUNK_INFO_SIZE, BLOCK_SIZE)
 
         flags = bs.flags & ~(SuperFlags.INLINED_CHUNK_DIGEST | SuperFlags.HAS_XATTR)
@@ -897,6 +904,8 @@ class _Writer:
                 first = self.placed[groups[group]]
                 placed.offset, placed.inode_size, placed.xattr_blob = first.offset, first.inode_size, first.xattr_blob
                 placed.layout = CHUNK_BASED
+                placed.links = 0
+                first.links += 1
                 return
             groups[group] = pos
             isz = self._inode_size(pos)
@@ -932,21 +941,18 @@ class _Writer:
     def _write_nodes(self) -> bool:
         nodes, shift, bs = self.nodes, self.shift, self.bs
         subdirs = [0] * len(nodes)
-        group_size: dict[int, int] = {}
         for pos, node in enumerate(nodes):
             if node.is_dir and pos:
                 subdirs[node.parent] += 1
-            if node.is_reg:
-                group_size[self.placed[pos].offset] = group_size.get(self.placed[pos].offset, 0) + 1
         chunk_words = self._chunk_format_words()
         addr_bytes = _chunk_addresses(bs.chunks)
-        written: set[int] = set()
         has_xattr = False
         for pos, node in enumerate(nodes):
             placed = self.placed[pos]
-            if placed.offset in written:
+            if not placed.links:
+                # A later name of an inode already placed: every field of the shared inode is
+                # the same from either name (_place_non_dir checks), so the name placed first writes it.
                 continue
-            written.add(placed.offset)
             has_xattr |= bool(placed.xattr_blob)
             off = placed.offset + shift
             inode_end = off + placed.inode_size
@@ -958,7 +964,7 @@ class _Writer:
                 size, nlink, i_u = len(target), node.nlink, (placed.data_offset + shift) // BLOCK_SIZE
                 self._put(inode_end if placed.layout == FLAT_INLINE else placed.data_offset + shift, target)
             elif node.is_reg:
-                size, nlink, i_u = node.size, group_size[placed.offset], chunk_words[pos]
+                size, nlink, i_u = node.size, placed.links, chunk_words[pos]
                 start = node.chunk_start * 8
                 self._put(_align(inode_end, 8), addr_bytes[start : start + node.chunk_count * 8])
             else:
@@ -1010,7 +1016,8 @@ class _Writer:
         return words
 
     def _chunk_table(self) -> np.ndarray:
-        """One record per distinct (digest, blob_index), sorted, last insertion wins (§14).
+        """One record per distinct (digest, blob_index), sorted, last insertion wins (§14): the
+        positions of the table's records in the chunk array, in table order.
 
         In a loadable model a (blob_index, index) pair names one chunk record wherever it occurs,
         so the table is built from the last insertion of each pair; only a model where a pair
@@ -1018,7 +1025,7 @@ class _Writer:
         """
         ranges = [(n.chunk_start, n.chunk_count) for n in self.nodes if n.is_reg and n.chunk_count]
         if not ranges:
-            return empty_chunks()
+            return np.zeros(0, dtype=np.int64)
         chunks = self.bs.chunks
         # Files that take the chunk array in order, each once (no hard links), insert it as it is:
         # no index array as long as the occurrences is needed to read them in insertion order.
@@ -1064,7 +1071,7 @@ def _tiles(ranges: list[tuple[int, int]], n: int) -> bool:
 
 def _table_of(chunks: np.ndarray, occ: np.ndarray) -> np.ndarray:
     """The chunk table of the records ``chunks[occ]`` in insertion order: sorted by (digest,
-    blob_index), last wins. Sorted through indexes: the records are copied once, into the table."""
+    blob_index), last wins; as positions in ``chunks``, so that no record is copied."""
     rows = np.ascontiguousarray(chunks).view(np.uint8).reshape(len(chunks), CHUNK_DTYPE.itemsize)
     start = CHUNK_DTYPE.fields["block_id"][1]
     words = rows[occ, start : start + 32].view(">u8")
@@ -1090,9 +1097,7 @@ def _table_of(chunks: np.ndarray, occ: np.ndarray) -> np.ndarray:
                 f"digest {bytes(chunks['block_id'][i]).hex()} sits at two locations in blob "
                 f"{int(chunks['blob_index'][i])}: the v6 chunk table can hold only one",
             )
-    table = chunks[srt[last]]
-    table["reserved"] = 0
-    return table
+    return srt[last]
 
 
 def _inode_facts(node: Node) -> tuple:

@@ -12,7 +12,7 @@ from helpers.compact_env import REBUILD_AND_MERGE, build, cli, plan
 from nydus_compact.applier.apply import _new_bootstrap, prepare
 from nydus_compact.planner.fleet import project
 from nydus_compact.planner.planfile import load_plan
-from nydus_compact.rafs import v5
+from nydus_compact.rafs import v5, v6
 from nydus_compact.rafs.loader import dump_bootstrap, load_bootstrap, serialize_bootstrap
 
 # Real nydus-image output, each of which the writers reproduce byte for byte.
@@ -48,6 +48,19 @@ def test_v5_records_come_in_parts_of_bounded_size(fixtures_dir, monkeypatch):
     assert len(records) > 3 and max(len(p) for p in records) < len(data) // 4
     assert all(len(p) >= 256 for p in records[:-1])  # each part is handed out once it is full
     assert _joined([header, *records]) == data
+
+
+def test_v6_chunk_table_comes_in_parts_copied_from_the_chunk_array(layers, tmp_path, monkeypatch):
+    """Split every TABLE_PART records, the table still gives the builder's bytes."""
+    image = build(layers, tmp_path / "image", 6)
+    data = image.boot.read_bytes()
+    bs = load_bootstrap(image.boot)
+    monkeypatch.setattr(v6, "TABLE_PART", 3)
+
+    metadata, *table, padding = serialize_bootstrap(bs).parts()
+
+    assert len(table) > 3 and all(len(p) == 3 * v6.CHUNK_INFO_SIZE for p in table[:-1])
+    assert _joined([metadata, *table, padding]) == data
 
 
 @pytest.mark.parametrize("version", [5, 6])
