@@ -99,3 +99,22 @@ def test_in_place_projection_gives_the_copy_s_records(layers, tmp_path):
     assert np.array_equal(in_place.chunks, copied.chunks) and in_place.table == copied.table
     again = project(prep.union, prep.layout, 0, in_place=True)  # relocating twice changes nothing
     assert np.array_equal(again.chunks, copied.chunks)
+
+
+@pytest.mark.parametrize("version", [5, 6])
+def test_in_place_layout_relocates_the_source_records_as_the_copy_does(layers, tmp_path, version):
+    image = build(layers, tmp_path / "image", version)
+    plan(image, *REBUILD_AND_MERGE)
+    the_plan = load_plan(image.plan)[0]
+    copied = prepare(the_plan, str(image.plan), [load_bootstrap(image.boot)])
+    source = load_bootstrap(image.boot)
+
+    in_place = prepare(the_plan, str(image.plan), [source], in_place=True)
+
+    a, b = copied.layout, in_place.layout
+    assert np.array_equal(source.chunks, a.chunks)  # the records themselves now hold the new locations
+    assert np.array_equal(b.chunks, a.chunks) and b.table == a.table
+    assert (b.occurrences_remapped, b.identical, b.bytes_to_write) == (a.occurrences_remapped, a.identical, a.bytes_to_write)
+    assert b.occurrences_remapped > 0
+    for x, y in zip(a.new_blobs, b.new_blobs, strict=True):
+        assert np.array_equal(x.chunks, y.chunks) and np.array_equal(x.reads, y.reads)
