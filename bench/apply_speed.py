@@ -21,14 +21,6 @@ in the page cache and (waiting up to ``--load-wait`` seconds) the 1-minute load 
                written with O_DIRECT into 4 files and fsynced, on one thread per core;
 * start-up:    `compact --help`, a fresh process (interpreter + imports, paid by every apply).
 
-Right before each timed phase, the bench touches and frees 1.25 x the bytes it writes. On a
-virtual machine whose host takes back free guest memory, new page-cache pages otherwise fault in
-on the host, and the same cp of 1 GiB took 0.4 s or 2.4 s of system time depending on how long
-ago memory had been freed. Priming gives every phase the fast case: the strictest cp+sync
-baseline (apply writes its blobs with O_DIRECT and hardly depends on it).
-
-Apply and cp are timed as whole processes, as a user sees them. Targets: apply <= 1.5 x cp+sync,
-apply-nv <= 1.3 x cp+sync.
 """
 
 from __future__ import annotations
@@ -80,12 +72,6 @@ def sha256_seconds(paths: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def prime_memory(nbytes: int) -> None:
-    """Touch and free ``nbytes`` of memory (see the module's docstring)."""
-    block = b"\1" * nbytes
-    del block
-
-
 def copy_floor(blobs: list[Path], out_dir: Path, groups: int) -> float:
     """Seconds of the copy apply does, with nothing else (no plan, no checks of the layout, no
     checkpoints): what remains of apply beyond it is overhead."""
@@ -131,8 +117,6 @@ def measure(image: Image, args: argparse.Namespace) -> dict:
     )
     apply_args = ["apply", str(plan_yaml), "--blobs-dir", str(out_dir), "-O", str(new_boot), "--state", str(state)]
 
-    source_bytes = sum(p.stat().st_size for p in blobs)
-
     def fresh() -> None:
         for d in (out_dir, cp_dir):
             shutil.rmtree(d, ignore_errors=True)
@@ -144,7 +128,6 @@ def measure(image: Image, args: argparse.Namespace) -> dict:
         fresh()
         load = settle(args.max_load, args.load_wait)
         warm([image.bootstrap, *blobs])
-        prime_memory(source_bytes * 5 // 4)
         return run(), load
 
     written = [0]
