@@ -13,13 +13,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sqlite_utils
 
 from .errors import StoreError
 from .schema import APPLICATION, SCHEMA_VERSION, TABLES, create_schema
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # Rows handed to sqlite3 per executemany call; bounds the Python tuples alive at once.
@@ -70,8 +73,18 @@ class Store:
     """An open state database. Use as a context manager or call ``close()``."""
 
     path: Path
-    db: sqlite_utils.Database
+    conn: sqlite3.Connection
     clock: Clock = field(default=utc_now)
+
+    @cached_property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the same connection, for creating the schema and nested transactions.
+
+        Imported on first use: it costs 50 ms of start-up, and apply, show and report, which
+        open an existing store, never need it."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn, execute_plugins=False, recursive_triggers=False)
 
     def now(self) -> str:
         return iso_utc(self.clock())
@@ -101,7 +114,7 @@ class Store:
     def transaction(self) -> Iterator[Store]:
         """One write transaction; the write lock is taken up front (BEGIN IMMEDIATE) so a
         concurrent writer is reported at once instead of failing half-way. Nested use is a savepoint."""
-        conn = self.db.conn
+        conn = self.conn
         with self.guard():
             if conn.in_transaction:
                 with self.db.atomic():
@@ -120,30 +133,30 @@ class Store:
     def bulk(self) -> Iterator[Store]:
         """A transaction for large inserts: ``synchronous=NORMAL`` (still crash-safe under WAL,
         only the last commits may be lost on power failure), then back to FULL for checkpoints."""
-        if self.db.conn.in_transaction:
+        if self.conn.in_transaction:
             with self.transaction():
                 yield self
             return
         with self.guard():
-            self.db.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
         try:
             with self.transaction():
                 yield self
         finally:
             with self.guard():
-                self.db.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.execute("PRAGMA synchronous=FULL")
 
     def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> sqlite3.Cursor:
         with self.guard():
-            return self.db.conn.execute(sql, params)
+            return self.conn.execute(sql, params)
 
     def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self.guard():
-            return self.db.conn.execute(sql, params).fetchall()
+            return self.conn.execute(sql, params).fetchall()
 
     def fetch_dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self.guard():
-            cur = self.db.conn.execute(sql, params)
+            cur = self.conn.execute(sql, params)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row)) for row in cur.fetchall()]
 
@@ -152,7 +165,7 @@ class Store:
         out = np.zeros(count, dtype=dtype)
         n = 0
         with self.guard():
-            cur = self.db.conn.execute(sql, params)
+            cur = self.conn.execute(sql, params)
             while batch := cur.fetchmany(BATCH_ROWS):
                 if n + len(batch) > count:
                     raise StoreError(f"{self.path}: state database is inconsistent (more rows than recorded)")
@@ -167,13 +180,13 @@ class Store:
 
     def insert_many(self, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         """Stream rows into ``table``; must run inside ``transaction()``/``bulk()``."""
-        if not self.db.conn.in_transaction:
+        if not self.conn.in_transaction:
             raise RuntimeError("insert_many outside a transaction")
         with self.guard():
-            self.db.conn.executemany(insert_sql(table, columns), rows)
+            self.conn.executemany(insert_sql(table, columns), rows)
 
     def close(self) -> None:
-        self.db.close()
+        self.conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -213,19 +226,19 @@ def _connect(path: Path, create: bool, timeout: float) -> sqlite3.Connection:
 
 def _init_or_check(store: Store, create: bool) -> None:
     # Checking is a plain read, so opening never waits behind another process's writer.
-    tables = set(store.db.table_names())
+    tables = _table_names(store)
     if not tables:
         if not create:
             raise _not_ours(store.path)
         with store.transaction():
-            if not store.db.table_names():  # nobody initialised it while we waited for the lock
+            if not _table_names(store):  # nobody initialised it while we waited for the lock
                 create_schema(store.db)
                 store.insert_many(
                     "meta",
                     ("key", "value"),
                     [("application", APPLICATION), ("schema_version", str(SCHEMA_VERSION))],
                 )
-        tables = set(store.db.table_names())
+        tables = _table_names(store)
     if "meta" not in tables:
         raise _not_ours(store.path)
     meta = dict(store.fetchall('SELECT "key", "value" FROM "meta"'))
@@ -237,6 +250,10 @@ def _init_or_check(store: Store, create: bool) -> None:
         raise StoreError(f"{store.path}: state database is missing tables {missing}")
 
 
+def _table_names(store: Store) -> set[str]:
+    return {name for (name,) in store.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
 def open_store(path: Path, *, create: bool = True, timeout: float = 5.0, clock: Clock = utc_now) -> Store:
     """Open (and, with ``create``, initialise) the state database at ``path``.
 
@@ -245,11 +262,12 @@ def open_store(path: Path, *, create: bool = True, timeout: float = 5.0, clock: 
     """
     path = Path(path)
     conn = _connect(path, create, timeout)
-    store = Store(path, sqlite_utils.Database(conn, execute_plugins=False, recursive_triggers=False), clock)
+    store = Store(path, conn, clock)
     try:
         with store.guard():
             conn.execute("PRAGMA foreign_keys=ON")
-            store.db.enable_wal()
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=wal")
             conn.execute("PRAGMA synchronous=FULL")
             _init_or_check(store, create)
     except BaseException:

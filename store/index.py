@@ -151,7 +151,7 @@ def _insert_segments(
     ``dtypes``, ``SEGMENT`` elements per row. Each row is inserted as zero-filled BLOBs and then
     written piece by piece: binding a segment's BLOBs would make SQLite copy them twice (bound
     value, record), and gathering ``take`` a piece at a time bounds its copy."""
-    conn = store.db.conn
+    conn = store.conn
     names = list(dtypes)
     blobs = ", ".join("zeroblob(?)" for _ in names)
     sql = f"INSERT INTO {quote(table)} ({', '.join(quote(c) for c in COLUMNS[table])}) VALUES (?, ?, {blobs})"
@@ -317,7 +317,7 @@ def _load_segments(
     sql = select_sql(table, ("seg", *dtypes), '"image_id" = ?', '"seg"')
     done = 0
     with store.guard():
-        for expected, (seg, *blobs) in enumerate(store.db.conn.execute(sql, (image_id,))):
+        for expected, (seg, *blobs) in enumerate(store.conn.execute(sql, (image_id,))):
             lo = expected * SEGMENT
             n = min(SEGMENT, count - lo)
             if seg != expected or n <= 0 or not all(

@@ -26,8 +26,10 @@ Bump ``SCHEMA_VERSION`` on any change: there are no migrations, an old store is 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 APPLICATION = "nydus-compact"
 SCHEMA_VERSION = 4
