@@ -676,21 +676,25 @@ class _Writer:
     # §9.3: every name of a regular file shares the index of the first name as i_ino.
     def _link_groups(self) -> None:
         nodes = self.nodes
-        first: dict[int, int] = {}
-        members: dict[int, list[int]] = {}
+        first: dict[int, int] = {}  # group leader -> the record index of its first name
+        names: dict[int, int] = {}  # group leader -> its number of names (a count, not a list per file)
         for pos in self.order:
             node = nodes[pos]
             if not node.is_reg:
                 self.ino[pos] = self.index[pos]
                 continue
             leader = pos if node.link == -1 else node.link
-            if not 0 <= leader < len(nodes) or not nodes[leader].is_reg or nodes[leader].link not in (-1, leader):
+            # A file that leads its own group (link -1 or itself) is a valid leader by construction.
+            if leader != pos and (
+                not 0 <= leader < len(nodes) or not nodes[leader].is_reg or nodes[leader].link not in (-1, leader)
+            ):
                 _model_error(f"{node.path!r}: link does not name a regular file leading its group")
             self.ino[pos] = first.setdefault(leader, self.index[pos])
-            members.setdefault(leader, []).append(pos)
-        for group in members.values():
-            for pos in group:
-                self.nlink[pos] = len(group)
+            names[leader] = names.get(leader, 0) + 1
+        for pos in self.order:
+            node = nodes[pos]
+            if node.is_reg:
+                self.nlink[pos] = names[pos if node.link == -1 else node.link]
 
     def _check_chunks(self) -> None:
         bs = self.bs
