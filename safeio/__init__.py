@@ -12,10 +12,11 @@ import contextlib
 import os
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
+from .direct import DirectWriter
 from .errors import OutputRefusedError, SafeIOError
 from .guard import BLOB_NAME, STDOUT, OutputGuard, check_regular, is_stdout
 
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 TMP_PREFIX = ".compact-tmp."
+_File = TypeVar("_File", BinaryIO, DirectWriter)
 
 
 def fsync_dir(path: Path) -> None:
@@ -45,37 +47,53 @@ def create_file(path: Path) -> BinaryIO:
 def temp_file(directory: Path, prefix: str = TMP_PREFIX) -> BinaryIO:
     """A new uniquely named file in ``directory`` (its path is ``.name``), for writers that learn
     the final name only at the end (a blob named by its digest); rename it with os.replace."""
+    return _unique_temp(directory, prefix, create_file)
+
+
+def _unique_temp(directory: Path, prefix: str, opener: Callable[[Path], _File]) -> _File:
     while True:
         try:
-            return create_file(directory / f"{prefix}{secrets.token_hex(6)}")
+            return opener(directory / f"{prefix}{secrets.token_hex(6)}")
         except FileExistsError:
             continue
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | Path, *, tmp_name: str | None = None) -> Iterator[BinaryIO]:
+def atomic_writer(
+    path: str | Path, *, tmp_name: str | None = None, direct: bool = False
+) -> Iterator[BinaryIO | DirectWriter]:
     """Yield a binary file that replaces ``path`` only if the block completes.
 
     ``tmp_name`` fixes the temp file's name (used by resumable writers to find their own
     leftovers); by default a unique name with TMP_PREFIX is used. An existing ``path`` that is
-    not a regular file is refused (the rename would replace a device node or FIFO).
+    not a regular file is refused (the rename would replace a device node or FIFO). ``direct``
+    writes around the page cache (a large output written once and not read back soon: see
+    safeio.direct); that writer has only ``write`` and ``tell``.
     """
     path = Path(path)
     check_regular(path, "an output")
     directory = path.parent if str(path.parent) else Path(".")
+    opener = DirectWriter if direct else create_file
     if tmp_name is None:
-        fp = temp_file(directory)
-        tmp_path = Path(fp.name)
+        fp = _unique_temp(directory, TMP_PREFIX, opener)
     else:
-        tmp_path = directory / tmp_name
         with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()  # a leftover of this writer's killed run
-        fp = create_file(tmp_path)
+            (directory / tmp_name).unlink()  # a leftover of this writer's killed run
+        fp = opener(directory / tmp_name)
+    tmp_path = Path(fp.path if isinstance(fp, DirectWriter) else fp.name)
     try:
-        with fp:
-            yield fp
-            fp.flush()
-            os.fsync(fp.fileno())
+        if isinstance(fp, DirectWriter):
+            try:
+                yield fp
+            except BaseException:
+                fp.abort()
+                raise
+            fp.finish()
+        else:
+            with fp:
+                yield fp
+                fp.flush()
+                os.fsync(fp.fileno())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

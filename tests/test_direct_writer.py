@@ -1,4 +1,5 @@
-"""safeio.direct.DirectWriter: a new blob's bytes reach the file exactly, through O_DIRECT or not."""
+"""safeio.direct.DirectWriter: a new blob's bytes reach the file exactly, through O_DIRECT or not; and
+safeio.atomic_writer on top of it (the bootstrap writer) replaces its output only when complete."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 
 import pytest
 
+from nydus_compact.safeio import TMP_PREFIX, OutputRefusedError, atomic_writer
 from nydus_compact.safeio.direct import ALIGN, BUFFER, DirectWriter
 
 # Write patterns that cross every boundary the writer has: the block (ALIGN), its buffer
@@ -71,3 +73,32 @@ def test_abort_writes_nothing_more(tmp_path):
     out.abort()  # a second abort (an error path calling it again) is harmless
     # The full buffer went to the worker; the 10 buffered bytes were dropped, not padded in.
     assert path.stat().st_size == BUFFER
+
+
+@pytest.mark.parametrize("tmp_name", [None, TMP_PREFIX + "fixed"], ids=["unique-temp", "named-temp"])
+def test_direct_atomic_writer_replaces_the_output_only_when_complete(tmp_path, tmp_name):
+    path = tmp_path / "image.boot"
+    path.write_bytes(b"the previous bootstrap")
+    data = random.Random(5).randbytes(BUFFER + 777)
+    with pytest.raises(RuntimeError):
+        with atomic_writer(path, tmp_name=tmp_name, direct=True) as fp:
+            fp.write(data[:BUFFER + 1])  # a full buffer already went to the file
+            raise RuntimeError("serialising failed")
+    assert path.read_bytes() == b"the previous bootstrap"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.boot"]  # the temp file is gone
+
+    with atomic_writer(path, tmp_name=tmp_name, direct=True) as fp:
+        assert isinstance(fp, DirectWriter)
+        fp.write(data[:5])
+        fp.write(memoryview(data)[5:])
+    assert path.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image.boot"]
+
+
+def test_direct_atomic_writer_refuses_a_special_file_as_output(tmp_path):
+    fifo = tmp_path / "out.boot"
+    os.mkfifo(fifo)
+    with pytest.raises(OutputRefusedError, match="it is a FIFO; refusing to replace it"):
+        with atomic_writer(fifo, direct=True) as fp:
+            fp.write(b"x")
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["out.boot"]
