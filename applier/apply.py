@@ -415,8 +415,10 @@ def _write_blobs(
     for nb in todo:
         checkpoints.start(f"blob:g{nb.group}")
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="new-blob")
-    futures = [pool.submit(write_new_blob, nb, job) for nb in todo]
+    futures: list[Future] = []
     try:
+        # Inside the try: a signal can land while the first blobs already run.
+        futures.extend(pool.submit(write_new_blob, nb, job) for nb in todo)
         for nb, future in zip(todo, futures):
             wb = _wait(future)
             fault_point(f"blob-done:g{nb.group}")
