@@ -23,8 +23,8 @@ from nydus_compact.backends.reads import MAX_READ, coalesce_sorted, read_extents
 from nydus_compact.planner.facts import SourceBlob
 from nydus_compact.planner.layout import NewBlob
 from nydus_compact.rafs.blob_writer import BlobWriter
-from nydus_compact.rafs.compression import decompress
-from nydus_compact.rafs.digest import digest
+from nydus_compact.rafs.compression import Compressor, decompress
+from nydus_compact.rafs.digest import Digester, digest
 from nydus_compact.rafs.flags import ChunkFlags
 from nydus_compact.rafs.model import BlobInfo
 from nydus_compact.safeio import TMP_PREFIX, fsync_dir
@@ -37,6 +37,7 @@ from nydus_compact.safeio.faults import fault_point
 # before it run.
 RING = 3
 CACHED_READ = 1 << 20  # bytes per local read
+PARALLEL_CHECK = 64 << 10  # buffers whose chunks average at least this are checked on worker threads
 
 
 @dataclass
@@ -88,37 +89,74 @@ class SourceCheck:
     """Checks copied source chunks against their digests on worker threads (decompress + digest
     release the GIL), so the check overlaps the copy instead of adding to it.
 
-    ``user_of`` names a file that uses a recipe occurrence, for the error message."""
+    One check covers a whole read buffer: small chunks read a few at a time cost more to hand to a
+    thread than to digest. ``user_of`` names a file that uses a recipe occurrence, for the error
+    message."""
 
     def __init__(self, user_of: Callable[[int], str], workers: int):
         self._user_of = user_of
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify-source")
 
-    def submit(self, rows: np.ndarray, data: memoryview, base: int, blob: SourceBlob) -> Future:
-        return self._pool.submit(self._check, rows, data, base, blob)
+    def submit(self, recipe: "_Recipe", lo: int, hi: int, data: memoryview) -> Future | None:
+        """Check chunks [lo, hi) of ``recipe``, held in ``data``: on a worker (the future) when they
+        are large, else at once. A small chunk's decompress and digest, the part that releases the
+        GIL, are shorter than the Python around them, and threads only pass the GIL back and
+        forth: 39,000 zstd chunks of 4 KiB took 0.27 s checked inline, 0.34 s on one worker and
+        0.39 s on two; 10,800 chunks of 16 KiB 0.17 s inline, 0.19 s on workers."""
+        if len(data) < PARALLEL_CHECK * (hi - lo):
+            self._check(recipe, lo, hi, data)
+            return None
+        return self._pool.submit(self._check, recipe, lo, hi, data)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _check(self, rows: np.ndarray, data: memoryview, base: int, blob: SourceBlob) -> None:
-        """Every chunk of one read decompresses to its digest; else SourceCorruptError."""
-        digests = rows["digest"].tobytes()
-        compressed = (rows["flags"] & ChunkFlags.COMPRESSED) != 0
-        for k, (offset, size, usize, packed) in enumerate(
-            zip(rows["source_offset"].tolist(), rows["compressed_size"].tolist(),
-                rows["uncompressed_size"].tolist(), compressed.tolist())
-        ):  # fmt: skip
-            stored = data[offset - base : offset - base + size]
+    def _check(self, recipe: "_Recipe", lo: int, hi: int, data: memoryview) -> None:
+        """Chunks [lo, hi) of the recipe, held in ``data``, decompress to their digests; else SourceCorruptError."""
+        at, size, usize, packed, source = recipe.at, recipe.size, recipe.usize, recipe.packed, recipe.source
+        digests, algos = recipe.digests, recipe.algos
+        for k in range(lo, hi):
+            compressor, digester = algos[source[k]]
+            stored = data[at[k] : at[k] + size[k]]
             try:
-                plain = decompress(blob.compressor, stored, usize) if packed else stored
+                plain = decompress(compressor, stored, usize[k]) if packed[k] else stored
             except ValueError as exc:
-                raise self._corrupt(blob, offset, rows[k], f"does not decompress: {exc}") from None
-            if digest(blob.digester, plain) != digests[32 * k : 32 * k + 32]:
-                raise self._corrupt(blob, offset, rows[k], "content does not match its digest")
+                raise self._corrupt(recipe, k, f"does not decompress: {exc}") from None
+            if digest(digester, plain) != digests[32 * k : 32 * k + 32]:
+                raise self._corrupt(recipe, k, "content does not match its digest")
 
-    def _corrupt(self, blob: SourceBlob, offset: int, row: np.void, what: str) -> SourceCorruptError:
+    def _corrupt(self, recipe: "_Recipe", k: int, what: str) -> SourceCorruptError:
+        row = recipe.rows[k]
         user = self._user_of(int(row["occurrence"]))
-        return SourceCorruptError(f"blob {blob.blob_id}: chunk at compressed offset {offset} (used by {user}): {what}")
+        return SourceCorruptError(
+            f"blob {recipe.blob_ids[int(row['source'])]}: chunk at compressed offset {int(row['source_offset'])} "
+            f"(used by {user}): {what}"
+        )
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """A new blob's recipe as plain lists, extracted once, for the checks' per-chunk loop."""
+
+    rows: np.ndarray  # RECIPE_DTYPE
+    at: list[int]  # where each chunk's stored bytes start in the read buffer that holds it
+    size: list[int]
+    usize: list[int]
+    packed: list[bool]
+    source: list[int]  # index into algos and blob_ids
+    digests: bytes
+    algos: dict[int, tuple[Compressor, Digester]]
+    blob_ids: dict[int, str]
+
+    @classmethod
+    def of(cls, rec: np.ndarray, at: np.ndarray, sources: list[SourceBlob]) -> "_Recipe":
+        source = rec["source"].tolist()
+        used = set(source)
+        return cls(
+            rec, at.tolist(), rec["compressed_size"].tolist(), rec["uncompressed_size"].tolist(),
+            ((rec["flags"] & ChunkFlags.COMPRESSED) != 0).tolist(), source, rec["digest"].tobytes(),
+            {s: (sources[s].compressor, sources[s].digester) for s in used}, {s: sources[s].blob_id for s in used},
+        )  # fmt: skip
 
 
 @dataclass
@@ -141,8 +179,8 @@ class CopyJob:
             raise ApplyCancelled("stopped: another part of this apply failed or was interrupted")
 
 
-class _Buffers:
-    """A ring of reusable read buffers; a slot is reused once the check of its last read is done."""
+class _Ring:
+    """Reusable read buffers; a buffer is reused once the check of what it last held is done."""
 
     def __init__(self, size: int):
         self._size = size
@@ -150,16 +188,17 @@ class _Buffers:
         self._checks: list[Future | None] = [None] * RING
         self._next = 0
 
-    def take(self, length: int) -> tuple[int, memoryview]:
+    def take(self) -> memoryview:
         k = self._next
         self._next = (k + 1) % RING
         self._settle(k)
         if k == len(self._slots):
             self._slots.append(memoryview(bytearray(self._size)))
-        return k, self._slots[k][:length]
+        return self._slots[k]
 
-    def hold(self, k: int, check: Future) -> None:
-        self._checks[k] = check
+    def hold(self, check: Future | None) -> None:
+        """``check`` reads the buffer last taken."""
+        self._checks[(self._next - 1) % RING] = check
 
     def drain(self) -> None:
         for k in range(RING):
@@ -171,6 +210,18 @@ class _Buffers:
             check.result()
 
 
+def pack(lengths: list[int], size: int) -> list[int]:
+    """Where each read lands in a buffer of ``size`` bytes: reads fill one buffer back to back, and a
+    read that does not fit starts the next one (at 0)."""
+    at, fill = [], 0
+    for length in lengths:
+        if fill + length > size:
+            fill = 0
+        at.append(fill)
+        fill += length
+    return at
+
+
 def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
     group = f"g{nb.group}"
     out_dir = job.out_dir
@@ -179,48 +230,61 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
     counts = [0, 0]  # bytes read, requests
     # A local read goes to the page cache: small pieces stay in the CPU cache while they are
     # checked, hashed and copied (MAX_READ-sized ones made the copy memory-bound).
-    pieces = list(split_reads(nb, MAX_READ if job.backend.read_concurrency > 1 else CACHED_READ))
+    max_read = MAX_READ if job.backend.read_concurrency > 1 else CACHED_READ
+    pieces = list(split_reads(nb, max_read))
     half = len(pieces) // 2
 
     def runs() -> Iterator[memoryview]:
-        """The recipe's stored bytes in write order: one slice of a read per run of chunks that are
+        """The recipe's stored bytes in write order: one slice of a buffer per run of chunks that are
         adjacent in the source, so a read of adjacent chunks is written in one go."""
-        piece_first = np.array([p[3] for p in pieces], dtype=np.int64)
-        starts = rec["source_offset"]
+        lengths = [p[2] for p in pieces]
+        # Small reads share a buffer, and one check covers all of it.
+        size = max(max(lengths), min(max_read, sum(lengths)))
+        piece_at = pack(lengths, size)
+        shift = np.array([p[1] for p in pieces], dtype=np.int64) - np.array(piece_at, dtype=np.int64)
+        starts = rec["source_offset"].astype(np.int64)
         ends = starts + rec["compressed_size"]
+        at = starts - np.repeat(shift, [p[4] for p in pieces])  # in the buffer
+        recipe = _Recipe.of(rec, at, job.sources) if job.check is not None else None
+        piece_first = np.array([p[3] for p in pieces], dtype=np.int64)
         cut = np.ones(len(rec), dtype=bool)
         cut[1:] = starts[1:] != ends[:-1]
         cut[piece_first] = True
         last = np.ones(len(rec), dtype=bool)
         last[:-1] = cut[1:]
         run_first = np.flatnonzero(cut)
-        run_lo, run_hi = starts[cut].tolist(), ends[last].tolist()
+        run_at = at[cut]
+        run_lo, run_hi = run_at.tolist(), (run_at + ends[last] - starts[cut]).tolist()
         piece_runs = [*np.searchsorted(run_first, piece_first).tolist(), len(run_first)]
-        buffers = _Buffers(max(p[2] for p in pieces))
+        ring = _Ring(size)
         # A remote backend keeps several reads in flight while earlier ones are checked and written,
         # and bridges small gaps between them; a local one reads straight into the ring's buffers.
         ahead = None
         if job.backend.read_concurrency > 1:
             ahead = job.backend.read_many((job.sources[p[0]].blob_id, p[1], p[2]) for p in pieces)
+        buf, lo, held = ring.take(), 0, 0
         for n, (src, offset, length, first, count) in enumerate(pieces):
             job.stop_if_cancelled()
             if n == half:
                 fault_point(f"blob-mid:{group}")
-            blob = job.sources[src]
-            slot, data = buffers.take(length)
+            if piece_at[n] == 0 and n:
+                buf, lo, held = ring.take(), first, 0
+            data = buf[piece_at[n] : piece_at[n] + length]
             if ahead is not None:
                 data[:] = next(ahead)
             else:
-                job.backend.readinto(blob.blob_id, offset, data)
+                job.backend.readinto(job.sources[src].blob_id, offset, data)
             counts[0] += length
             counts[1] += 1
-            if job.check is not None:
-                buffers.hold(slot, job.check.submit(rec[first : first + count], data, offset, blob))
+            held += length
+            full = n + 1 == len(pieces) or piece_at[n + 1] == 0
+            if full and recipe is not None:
+                ring.hold(job.check.submit(recipe, lo, first + count, buf[: piece_at[n] + length]))
             for r in range(piece_runs[n], piece_runs[n + 1]):
-                yield data[run_lo[r] - offset : run_hi[r] - offset]
-            if job.progress is not None:
-                job.progress(length)
-        buffers.drain()  # nothing is published before every chunk passed its check
+                yield buf[run_lo[r] : run_hi[r]]
+            if full and job.progress is not None:
+                job.progress(held)
+        ring.drain()  # nothing is published before every chunk passed its check
 
     try:
         with contextlib.suppress(FileNotFoundError):

@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nydus_compact.applier.blobs import CACHED_READ, CopyJob, SourceCheck, split_reads, write_new_blob
+from nydus_compact.applier.blobs import (
+    CACHED_READ, PARALLEL_CHECK, CopyJob, SourceCheck, pack, split_reads, write_new_blob,
+)  # fmt: skip
 from nydus_compact.backends.reads import MAX_READ
 from nydus_compact.applier.errors import ApplyError
 from nydus_compact.backends.localfs import LocalFsBackend
 from nydus_compact.planner.facts import SourceBlob
 from nydus_compact.planner.layout import READ_DTYPE, RECIPE_DTYPE, NewBlob
 from nydus_compact.rafs.blob_meta import read_blob_meta
-from nydus_compact.rafs.compression import Compressor
+from nydus_compact.rafs.compression import Compressor, compress
 from nydus_compact.rafs.digest import Digester, digest
 from nydus_compact.rafs.flags import BlobFeatures
 
@@ -114,16 +116,75 @@ def test_reads_longer_than_max_read_are_split_at_chunk_boundaries(tmp_path):
     assert wb.info.blob_id == hashlib.sha256(blob).hexdigest()
 
 
-def test_verify_refuses_a_chunk_that_does_not_match_its_digest(tmp_path):
-    data, backend, sources = _source(tmp_path, 8192)
-    nb = _new_blob(data, RANGES, READS)
-    nb.chunks["digest"][4] = bytes(32)
-    nb.chunks["occurrence"][4] = 7
+# Small chunks: both reads share one buffer, checked on the copying thread. Large ones: a buffer
+# per read, checked on a worker.
+LARGE = 256 << 10
+LARGE_RANGES = [(k * LARGE, LARGE) for k in range(6)]
+
+
+@pytest.mark.parametrize(
+    "ranges, reads, bad, offset",
+    [(RANGES, READS, 4, 3200), (LARGE_RANGES, [(0, 6 * LARGE, 0, 6)], 5, 5 * LARGE)],
+    ids=["small-chunks-inline", "large-chunks-on-workers"],
+)
+def test_verify_refuses_a_chunk_that_does_not_match_its_digest(tmp_path, ranges, reads, bad, offset):
+    data, backend, sources = _source(tmp_path, 8 * LARGE)
+    nb = _new_blob(data, ranges, reads)
+    assert (ranges[0][1] >= PARALLEL_CHECK) == (ranges is LARGE_RANGES)
+    nb.chunks["digest"][bad] = bytes(32)
+    nb.chunks["occurrence"][bad] = 7
     with pytest.raises(
-        ApplyError, match=r"chunk at compressed offset 3200 \(used by <file of occurrence 7>\): content does not match"
+        ApplyError,
+        match=rf"blob {SOURCE_ID}: chunk at compressed offset {offset} \(used by <file of occurrence 7>\): content does not match",
     ):
         _write(nb, sources, backend, tmp_path / "out", verify=True)
     assert list((tmp_path / "out").iterdir()) == []  # the temp file is gone
+
+
+def test_pack_fills_a_buffer_then_starts_the_next():
+    assert pack([3, 4, 2, 1, 10, 6], 10) == [0, 3, 7, 9, 0, 0]
+    assert pack([10, 10], 10) == [0, 0]
+
+
+def test_reads_of_two_sources_share_a_buffer_and_each_chunk_is_checked_with_its_own_compressor(tmp_path):
+    """A zstd source and a raw one: their reads land back to back in one buffer, and each chunk is
+    decompressed (or not) by its own blob's compressor; a bad chunk names its own blob."""
+    rng = np.random.default_rng(3)
+    plain = [rng.bytes(700) + bytes(2000) for _ in range(4)]
+    stored = [compress(Compressor.ZSTD, p)[0] for p in plain]
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    ids = ["cd" * 32, "ef" * 32]
+    (src_dir / ids[0]).write_bytes(b"".join(stored))
+    (src_dir / ids[1]).write_bytes(b"".join(plain))
+    sizes = [len(x) for x in stored]
+    sources = [
+        SourceBlob(ids[0], sum(sizes), sum(map(len, plain)), 0, Compressor.ZSTD, Digester.BLAKE3, 0, sum(sizes)),
+        SourceBlob(ids[1], 4 * 2700, 4 * 2700, 0, Compressor.NONE, Digester.BLAKE3, 0, 4 * 2700),
+    ]
+    nb = _new_blob(b"", [(0, 1)] * 4, [])  # rewritten below: chunks 0-1 from source 0, 2-3 from source 1
+    rec = nb.chunks
+    rec["source"] = [0, 0, 1, 1]
+    rec["source_offset"] = [0, sizes[0], 2700, 5400]
+    rec["compressed_size"] = [sizes[0], sizes[1], 2700, 2700]
+    rec["uncompressed_size"] = 2700
+    rec["flags"] = [1, 1, 0, 0]  # ChunkFlags.COMPRESSED on the zstd ones
+    rec["digest"] = [digest(Digester.BLAKE3, p) for p in (plain[0], plain[1], plain[1], plain[2])]
+    csize = rec["compressed_size"].astype(np.uint64)
+    rec["compressed_offset"] = np.cumsum(csize) - csize
+    rec["uncompressed_offset"] = np.arange(4) * 4096
+    reads = np.zeros(2, dtype=READ_DTYPE)
+    reads[0] = (0, 0, sizes[0] + sizes[1], 0, 2)
+    reads[1] = (1, 2700, 5400, 2, 2)
+    nb = NewBlob(**{f: getattr(nb, f) for f in NewBlob.__slots__} | {
+        "chunks": rec, "reads": reads, "compressed_size": int(csize.sum()), "uncompressed_size": 4 * 4096,
+    })  # fmt: skip
+    wb = _write(nb, sources, LocalFsBackend(src_dir), tmp_path / "out", verify=True)
+    assert wb.path.read_bytes()[: int(csize.sum())] == stored[0] + stored[1] + plain[1] + plain[2]
+    assert wb.requests == 2
+    rec["digest"][3] = bytes(32)
+    with pytest.raises(ApplyError, match=rf"blob {ids[1]}: chunk at compressed offset 5400 .*: content does not match"):
+        _write(nb, sources, LocalFsBackend(src_dir), tmp_path / "out2", verify=True)
 
 
 def test_a_recipe_the_writer_would_lay_out_differently_is_refused(tmp_path):
