@@ -235,54 +235,59 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
     half = len(pieces) // 2
 
     def runs() -> Iterator[memoryview]:
-        """The recipe's stored bytes in write order: one slice of a buffer per run of chunks that are
-        adjacent in the source, so a read of adjacent chunks is written in one go."""
+        """The recipe's stored bytes in write order, a buffer at a time: small reads are packed back
+        to back into one buffer, checked together, and handed to the writer as few slices as the
+        write order allows (one, when the buffer holds the recipe's next bytes in order)."""
         lengths = [p[2] for p in pieces]
-        # Small reads share a buffer, and one check covers all of it.
         size = max(max(lengths), min(max_read, sum(lengths)))
         piece_at = pack(lengths, size)
-        shift = np.array([p[1] for p in pieces], dtype=np.int64) - np.array(piece_at, dtype=np.int64)
+        at_np = np.array(piece_at, dtype=np.int64)
+        piece_first = np.array([p[3] for p in pieces], dtype=np.int64)
         starts = rec["source_offset"].astype(np.int64)
         ends = starts + rec["compressed_size"]
-        at = starts - np.repeat(shift, [p[4] for p in pieces])  # in the buffer
+        # Where each chunk's stored bytes sit in its buffer.
+        at = starts - np.repeat(np.array([p[1] for p in pieces], dtype=np.int64) - at_np, [p[4] for p in pieces])
         recipe = _Recipe.of(rec, at, job.sources) if job.check is not None else None
-        piece_first = np.array([p[3] for p in pieces], dtype=np.int64)
+        # Slices: runs of chunks that follow each other both in the recipe and in one buffer.
+        slot_first = np.flatnonzero(at_np == 0)  # the first piece of each buffer
+        slot = np.repeat(np.arange(len(slot_first)), np.diff(slot_first, append=len(pieces)))
+        chunk_slot = np.repeat(slot, [p[4] for p in pieces])
         cut = np.ones(len(rec), dtype=bool)
-        cut[1:] = starts[1:] != ends[:-1]
-        cut[piece_first] = True
-        last = np.ones(len(rec), dtype=bool)
-        last[:-1] = cut[1:]
-        run_first = np.flatnonzero(cut)
-        run_at = at[cut]
-        run_lo, run_hi = run_at.tolist(), (run_at + ends[last] - starts[cut]).tolist()
-        piece_runs = [*np.searchsorted(run_first, piece_first).tolist(), len(run_first)]
+        cut[1:] = (at[1:] != at[:-1] + (ends[:-1] - starts[:-1])) | (chunk_slot[1:] != chunk_slot[:-1])
+        cut_at = np.flatnonzero(cut)
+        slice_lo = at[cut_at]
+        slice_hi = at[np.append(cut_at[1:], len(rec)) - 1] + (ends - starts)[np.append(cut_at[1:], len(rec)) - 1]
+        slot_slices = [*np.searchsorted(chunk_slot[cut_at], np.arange(len(slot_first))).tolist(), len(cut_at)]
+        slice_lo, slice_hi = slice_lo.tolist(), slice_hi.tolist()
+        slot_pieces = [*slot_first.tolist(), len(pieces)]
         ring = _Ring(size)
         # A remote backend keeps several reads in flight while earlier ones are checked and written,
         # and bridges small gaps between them; a local one reads straight into the ring's buffers.
         ahead = None
         if job.backend.read_concurrency > 1:
             ahead = job.backend.read_many((job.sources[p[0]].blob_id, p[1], p[2]) for p in pieces)
-        buf, lo, held = ring.take(), 0, 0
-        for n, (src, offset, length, first, count) in enumerate(pieces):
-            job.stop_if_cancelled()
-            if n == half:
-                fault_point(f"blob-mid:{group}")
-            if piece_at[n] == 0 and n:
-                buf, lo, held = ring.take(), first, 0
-            data = buf[piece_at[n] : piece_at[n] + length]
-            if ahead is not None:
-                data[:] = next(ahead)
-            else:
-                job.backend.readinto(job.sources[src].blob_id, offset, data)
-            counts[0] += length
-            counts[1] += 1
-            held += length
-            full = n + 1 == len(pieces) or piece_at[n + 1] == 0
-            if full and recipe is not None:
-                ring.hold(job.check.submit(recipe, lo, first + count, buf[: piece_at[n] + length]))
-            for r in range(piece_runs[n], piece_runs[n + 1]):
-                yield buf[run_lo[r] : run_hi[r]]
-            if full and job.progress is not None:
+        for k in range(len(slot_first)):
+            buf = ring.take()
+            first_piece, end_piece = slot_pieces[k], slot_pieces[k + 1]
+            for n in range(first_piece, end_piece):
+                job.stop_if_cancelled()
+                if n == half:
+                    fault_point(f"blob-mid:{group}")
+                src, offset, length, _, _ = pieces[n]
+                data = buf[piece_at[n] : piece_at[n] + length]
+                if ahead is not None:
+                    data[:] = next(ahead)
+                else:
+                    job.backend.readinto(job.sources[src].blob_id, offset, data)
+            last = pieces[end_piece - 1]
+            held = piece_at[end_piece - 1] + last[2]
+            counts[0] += held
+            counts[1] += end_piece - first_piece
+            if recipe is not None:
+                ring.hold(job.check.submit(recipe, pieces[first_piece][3], last[3] + last[4], buf[:held]))
+            for r in range(slot_slices[k], slot_slices[k + 1]):
+                yield buf[slice_lo[r] : slice_hi[r]]
+            if job.progress is not None:
                 job.progress(held)
         ring.drain()  # nothing is published before every chunk passed its check
 

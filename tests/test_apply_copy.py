@@ -141,6 +141,24 @@ def test_verify_refuses_a_chunk_that_does_not_match_its_digest(tmp_path, ranges,
     assert list((tmp_path / "out").iterdir()) == []  # the temp file is gone
 
 
+@pytest.mark.parametrize("verify", [False, True])
+def test_many_small_reads_fill_several_buffers_and_land_in_order(tmp_path, verify):
+    """2,600 one-chunk reads of 1000 bytes (each with a gap after it: nothing coalesces) fill three
+    buffers; a chunk copied twice sits across the first buffer boundary. Byte for byte, one request
+    per read, every chunk checked."""
+    n = 2600
+    data, backend, sources = _source(tmp_path, 2000 * n)
+    ranges = [(2000 * k, 1000) for k in range(n)]
+    per_buffer = CACHED_READ // 1000
+    ranges.insert(per_buffer, ranges[per_buffer - 1])  # the last chunk of buffer 1, again first in buffer 2
+    reads = [(o, ln, k, 1) for k, (o, ln) in enumerate(ranges)]
+    nb = _new_blob(data, ranges, reads)
+    wb = _write(nb, sources, backend, tmp_path / "out", verify=verify)
+    chunk_data = b"".join(data[o : o + ln] for o, ln in ranges)
+    assert wb.path.read_bytes()[: len(chunk_data)] == chunk_data
+    assert (wb.requests, wb.bytes_read) == (n + 1, 1000 * (n + 1))
+
+
 def test_pack_fills_a_buffer_then_starts_the_next():
     assert pack([3, 4, 2, 1, 10, 6], 10) == [0, 3, 7, 9, 0, 0]
     assert pack([10, 10], 10) == [0, 0]
