@@ -712,10 +712,14 @@ class _Writer:
             starts.append(node.chunk_start)
             counts.append(node.chunk_count)
         if counts:
-            counts_a = np.asarray(counts, dtype=np.int64)
-            begin = np.cumsum(counts_a) - counts_a
-            used = np.arange(int(counts_a.sum())) - np.repeat(begin - np.asarray(starts, dtype=np.int64), counts_a)
-            if int(bs.chunks["blob_index"][used].max()) >= len(bs.blobs):
+            # The records files use, as a mask: at 1M occurrences an index array of them (and its
+            # temporaries) was the largest allocation of apply's whole bootstrap rewrite.
+            depth = np.zeros(len(bs.chunks) + 1, dtype=np.int32)
+            starts_a = np.asarray(starts, dtype=np.int64)
+            np.add.at(depth, starts_a, 1)
+            np.add.at(depth, starts_a + np.asarray(counts, dtype=np.int64), -1)
+            used = np.cumsum(depth[:-1], dtype=np.int32, out=depth[:-1]) > 0
+            if int(np.max(bs.chunks["blob_index"], where=used, initial=0)) >= len(bs.blobs):
                 _model_error("chunk blob_index beyond the blob table")
 
     # §10: non-directories first, then directories in reverse index order.
