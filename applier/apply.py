@@ -33,7 +33,8 @@ from nydus_compact.planner.layout import Layout, NewBlob, TableEntry
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.formatting import plural
 from nydus_compact.planner.review import path_of_occurrence, relayout
-from nydus_compact.rafs.loader import bootstrap_sha256, load_bootstrap, serialize_bootstrap
+from nydus_compact.rafs.loader import bootstrap_sha256, load_bootstrap, load_bootstrap_hashed, serialize_bootstrap
+from nydus_compact.rafs.errors import RafsFormatError
 from nydus_compact.rafs.model import BlobInfo, Bootstrap, Serialized, empty_chunks
 from nydus_compact.safeio import atomic_writer, is_stdout, remove_stale_temps
 from nydus_compact.store.db import Store
@@ -104,14 +105,18 @@ class ApplyResult:
         return doc
 
 
-def stale_reasons(plan: Plan, backend: BlobBackend, backend_config: BackendConfig) -> list[str]:
-    """Everything that differs between the plan's recorded inputs and the inputs now."""
+def stale_reasons(
+    plan: Plan, backend: BlobBackend, backend_config: BackendConfig, hashes: list[str] | None = None
+) -> list[str]:
+    """Everything that differs between the plan's recorded inputs and the inputs now.
+
+    ``hashes``: the images' bootstraps' sha256 as loaded (else each file is hashed here)."""
     reasons = []
-    for im in plan.images:
+    for k, im in enumerate(plan.images):
         path = plan.locate(im.path)
         if not path.is_file():
             reasons.append(f"bootstrap {path} is gone")
-        elif bootstrap_sha256(path) != im.sha256:
+        elif (hashes[k] if hashes is not None else bootstrap_sha256(path)) != im.sha256:
             reasons.append(f"bootstrap {path} changed (sha256 differs)")
     if plan.chunk_dict is not None:
         path = plan.locate(plan.chunk_dict.path)
@@ -139,6 +144,11 @@ def stale_reasons(plan: Plan, backend: BlobBackend, backend_config: BackendConfi
         if now != b.observed_size:
             reasons.append(f"blob {b.blob_id} is now {now} bytes, the plan saw {b.observed_size}")
     return reasons
+
+
+def _refuse_stale(source_name: str, reasons: list[str]) -> None:
+    if reasons:
+        raise ApplyError(f"{source_name}: plan is stale: {'; '.join(reasons)}; run `compact plan` again")
 
 
 @dataclass
@@ -206,14 +216,20 @@ def apply_plan(
 
     phase = progress or (lambda label, done, total: None)
     phase("checking the plan's inputs", 0, 0)
-    reasons = stale_reasons(plan, backend, backend_config)
-    if reasons:
-        raise ApplyError(f"{source_name}: plan is stale: {'; '.join(reasons)}; run `compact plan` again")
     if not plan.summary.changes:
+        _refuse_stale(source_name, stale_reasons(plan, backend, backend_config))
         return ApplyResult("no-changes", f"nothing to do: {plan.summary.noop_reason}", plan_digest=digest)
-
+    # The bootstraps are hashed as they are loaded: what is checked is what is used.
     phase("loading the source bootstraps", 0, 0)
-    images = [load_bootstrap(plan.locate(im.path)) for im in plan.images]
+    try:
+        loaded = [load_bootstrap_hashed(plan.locate(im.path)) for im in plan.images]
+    except (OSError, RafsFormatError):
+        # Gone, or no longer a bootstrap: if it changed since the plan, that is what to say.
+        _refuse_stale(source_name, stale_reasons(plan, backend, backend_config))
+        raise
+    _refuse_stale(source_name, stale_reasons(plan, backend, backend_config, [sha for _, sha in loaded]))
+    images = [bs for bs, _ in loaded]
+    del loaded
     _return_freed_memory()
     phase("re-validating the plan's decisions", 0, 0)
     # The new blobs are copied from the layout's recipes, so the source records take their new

@@ -7,10 +7,12 @@ whole v5 superblock before anything else (rafs-v6.md §1), and at most 2 GiB (ra
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -71,13 +73,30 @@ def load_bootstrap(path: str | Path) -> Bootstrap:
 
     A file that cannot be opened raises OSError; anything wrong with its bytes RafsFormatError.
     """
-    buf = _read_bootstrap(path)
-    if detect_version(buf) == 5:
-        from . import v5
+    return _load(path, hashed=False)[0]
 
-        # The file's buffer becomes the chunk array: a big v5 bootstrap is not held twice.
-        return v5.load_owned(buf, str(path))
-    return parse_bootstrap(memoryview(buf), str(path))
+
+def load_bootstrap_hashed(path: str | Path) -> tuple[Bootstrap, str]:
+    """``load_bootstrap``, and the sha256 (hex) of the very bytes it parsed: no second read of the
+    file, which could see other bytes. The hash runs on a thread while the records are parsed
+    (hashlib releases the GIL)."""
+    return _load(path, hashed=True)
+
+
+def _load(path: str | Path, hashed: bool) -> tuple[Bootstrap, str | None]:
+    buf = _read_bootstrap(path)
+    with ThreadPoolExecutor(1, "bootstrap-sha256") if hashed else contextlib.nullcontext() as pool:
+        hashing = pool.submit(lambda: hashlib.sha256(buf).hexdigest()) if pool is not None else None
+        settle = hashing.result if hashing is not None else None
+        if detect_version(buf) == 5:
+            from . import v5
+
+            # The file's buffer becomes the chunk array: a big v5 bootstrap is not held twice. It
+            # is hashed before its records are moved.
+            bs = v5.load_owned(buf, str(path), before_change=settle)
+        else:
+            bs = parse_bootstrap(memoryview(buf), str(path))
+        return bs, settle() if settle is not None else None
 
 
 def bootstrap_sha256(path: str | Path) -> str:

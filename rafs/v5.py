@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import astuple, dataclass
 from typing import NoReturn
 
@@ -115,24 +115,29 @@ def load(data: bytes | bytearray | memoryview, path: str) -> Bootstrap:
     return _Reader(memoryview(data), str(path)).load()
 
 
-def load_owned(buf: np.ndarray, path: str) -> Bootstrap:
+def load_owned(buf: np.ndarray, path: str, before_change: Callable[[], object] | None = None) -> Bootstrap:
     """``load`` for a whole file read into a uint8 array that the caller gives up.
 
     The chunk records are moved to the front of ``buf`` and ``buf`` is shrunk to them: a big
     bootstrap is then never held twice (file and chunk array) while it is parsed. ``buf`` must
-    own its memory and nothing else may refer to it.
+    own its memory and nothing else may refer to it once ``before_change`` (if any) returns, which
+    is called before the first byte of ``buf`` changes.
     """
     if buf.dtype != np.uint8 or buf.ndim != 1 or not buf.flags.owndata or not buf.flags.c_contiguous:
         raise ValueError("load_owned needs a contiguous 1-d uint8 array that owns its memory")
-    return _Reader(memoryview(buf), str(path), owned=buf).load()
+    return _Reader(memoryview(buf), str(path), owned=buf, before_change=before_change).load()
 
 
 class _Reader:
-    def __init__(self, data: memoryview, path: str, owned: np.ndarray | None = None):
+    def __init__(
+        self, data: memoryview, path: str, owned: np.ndarray | None = None,
+        before_change: Callable[[], object] | None = None,
+    ):  # fmt: skip
         self.data = data
         self.path = path
         self.size = len(data)
         self.owned = owned
+        self.before_change = before_change
 
     def fail(self, check: str, offset: int | None = None) -> NoReturn:
         raise RafsFormatError(self.path, check, offset)
@@ -470,6 +475,8 @@ class _Reader:
         src = self.data
         in_place = self.owned is not None and all(a[0] < b[0] for a, b in itertools.pairwise(spans))
         out = self.owned if in_place else np.empty(total, dtype=np.uint8)
+        if in_place and self.before_change is not None:
+            self.before_change()
         with memoryview(out) as dst:
             filled = 0
             for offset, size in spans:

@@ -440,6 +440,14 @@ def _touch_bootstrap(image: Image) -> None:
         fp.write(b"\0")
 
 
+def _remove_bootstrap(image: Image) -> None:
+    image.boot.unlink()
+
+
+def _garble_bootstrap(image: Image) -> None:
+    image.boot.write_bytes(bytes(image.boot.stat().st_size))  # same size, no longer a bootstrap
+
+
 def _grow_kept_blob(image: Image) -> None:
     with open(image.blobs / load_bootstrap(image.boot).blobs[1].blob_id, "ab") as fp:
         fp.write(b"x")
@@ -459,6 +467,8 @@ def _lose_a_chunk(image: Image) -> None:
 
 REFUSALS = {
     "bootstrap-changed": (_touch_bootstrap, ["plan is stale", "image.boot changed"]),
+    "bootstrap-gone": (_remove_bootstrap, ["plan is stale", "image.boot is gone"]),
+    "bootstrap-garbled": (_garble_bootstrap, ["plan is stale", "image.boot changed"]),
     "blob-size-changed": (_grow_kept_blob, ["plan is stale", "bytes, the plan saw"]),
     "config-edited": (_edit_config, ["plan is stale", "config section was edited"]),
     "chunk-lost": (_lose_a_chunk, ["rejected", "would be gone"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -19,6 +20,7 @@ from nydus_compact.rafs.loader import (
     bootstrap_sha256,
     detect_version,
     load_bootstrap,
+    load_bootstrap_hashed,
     parse_bootstrap,
 )
 
@@ -137,3 +139,12 @@ def test_file_and_memory_parses_agree(fixtures_dir: Path, name: str) -> None:
     # The chunk array owns no more memory than its records, and can be edited like any array.
     assert from_file.chunks.base is None or from_file.chunks.base.nbytes == from_file.chunks.nbytes
     from_file.chunks["index"][0] += 1
+
+
+@pytest.mark.parametrize("name", [*V5_NAMES, V6_NAME])
+def test_hashed_load_hashes_the_file_as_it_was_read(fixtures_dir: Path, name: str) -> None:
+    """The hash is taken before a v5 load moves the chunk records within the file's buffer."""
+    path = fixtures_dir / name
+    bs, sha = load_bootstrap_hashed(path)
+    assert sha == bootstrap_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert np.array_equal(bs.chunks, load_bootstrap(path).chunks)
