@@ -257,7 +257,8 @@ def _check_compatible(ext: Extended, g: MergeGroup) -> None:
 
 
 def _check_nothing_lost(res: Resolution, kept_new: np.ndarray, group_of: np.ndarray) -> None:
-    lost = np.flatnonzero((kept_new[res.home_blob] < 0) & (group_of[res.home_blob] < 0))
+    # Per blob first, then gathered: two per-occurrence int64 gathers set apply's peak RSS.
+    lost = np.flatnonzero(((kept_new < 0) & (group_of < 0))[res.home_blob])
     if lost.size:
         o = int(lost[0])
         b = int(res.home_blob[o])
@@ -423,12 +424,16 @@ def _relocate(
         slots["blob_index"] = np.repeat([nb.new_index for nb in new_blobs], [nb.chunk_count for nb in new_blobs])
         for name in ("index", "compressed_offset", "uncompressed_offset"):
             slots[name] = np.concatenate([nb.chunks[name] for nb in new_blobs])
-        by_occ = np.argsort(occ)
         w = res.winner[moved]  # never -1: dict blobs cannot be in a group
         if alias is not None:
             w = alias[w]
-        slot = by_occ[np.searchsorted(occ, w, sorter=by_occ)]
-        del w
+        # A table by occurrence, not a search: w is as long as the moved occurrences.
+        by_occ = np.full(int(occ.max()) + 1 if len(occ) else 0, -1, dtype=np.int32)
+        by_occ[occ] = np.arange(len(occ), dtype=np.int32)
+        slot = by_occ[w]
+        del w, by_occ
+        if len(slot) and int(slot.min()) < 0:
+            raise AssertionError("a moved occurrence's winner is in no new blob's recipe")
     out = np.empty(len(res.home_blob), dtype=LOCATION_DTYPE) if into is None else into[list(LOCATION_FIELDS)]
     changed = np.zeros(len(res.home_blob), dtype=bool)
     homes = {"index": res.home_index, "compressed_offset": res.home_coff, "uncompressed_offset": res.home_uoff}

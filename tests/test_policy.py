@@ -357,6 +357,15 @@ def test_dict_chunk_with_other_sizes_is_an_error_naming_the_digest() -> None:
         decide(facts, CompactConfig(), ORACLE)
 
 
+def test_dedup_with_other_sizes_is_an_error_past_the_first_block_of_the_check() -> None:
+    """300,000 occurrences of one chunk; only the last has another compressed size."""
+    n = 300_000
+    facts = Facts(5, [blob("A", 100)], chunks(*[occ("K", 0, 0, 50, 0, 100)] * n))
+    facts.chunks["compressed_size"][n - 1] = 49
+    with pytest.raises(PlanError, match=f"different compressed size: occurrence {n - 1} has 49, its first occurrence has 50"):
+        decide(facts, CompactConfig(), ORACLE)
+
+
 def test_dedup_with_other_sizes_is_an_error() -> None:
     facts = Facts(5, [blob("A", 100)], chunks(occ("K", 0, 0, 50, 0, 100), occ("K", 0, 50, 50, 100, 99)))
     with pytest.raises(PlanError, match="different uncompressed size: occurrence 1 has 99"):
