@@ -5,6 +5,7 @@ per (split) read; the blob id is the file's sha256, or the data-only sha256 upst
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +58,13 @@ def _new_blob(data: bytes, ranges: list[tuple[int, int]], reads: list[tuple[int,
     )  # fmt: skip
 
 
-def _write(nb: NewBlob, sources, backend, out: Path, verify: bool = False, whole_file_id: bool = True):
+def _user_of(occurrence: int) -> str:
+    return f"<file of occurrence {occurrence}>"
+
+
+def _write(nb: NewBlob, sources, backend, out: Path, verify: bool = False, whole_file_id: bool = True, user_of=_user_of):
     out.mkdir(exist_ok=True)
-    check = SourceCheck(lambda occurrence: f"<file of occurrence {occurrence}>", 2) if verify else None
+    check = SourceCheck(user_of, 2) if verify else None
     job = CopyJob(sources, backend, out, 6, CHUNK_SIZE, "sha256:" + "0" * 64, whole_file_id, check)
     try:
         return write_new_blob(nb, job)
@@ -122,6 +127,14 @@ LARGE = 256 << 10
 LARGE_RANGES = [(k * LARGE, LARGE) for k in range(6)]
 
 
+def _recording_thread(seen: list[str]):
+    def user_of(occurrence: int) -> str:
+        seen.append(threading.current_thread().name)  # the check that found the bad chunk runs here
+        return _user_of(occurrence)
+
+    return user_of
+
+
 @pytest.mark.parametrize(
     "ranges, reads, bad, offset",
     [(RANGES, READS, 4, 3200), (LARGE_RANGES, [(0, 6 * LARGE, 0, 6)], 5, 5 * LARGE)],
@@ -130,15 +143,45 @@ LARGE_RANGES = [(k * LARGE, LARGE) for k in range(6)]
 def test_verify_refuses_a_chunk_that_does_not_match_its_digest(tmp_path, ranges, reads, bad, offset):
     data, backend, sources = _source(tmp_path, 8 * LARGE)
     nb = _new_blob(data, ranges, reads)
-    assert (ranges[0][1] >= PARALLEL_CHECK) == (ranges is LARGE_RANGES)
     nb.chunks["digest"][bad] = bytes(32)
     nb.chunks["occurrence"][bad] = 7
+    seen: list[str] = []
     with pytest.raises(
         ApplyError,
         match=rf"blob {SOURCE_ID}: chunk at compressed offset {offset} \(used by <file of occurrence 7>\): content does not match",
     ):
-        _write(nb, sources, backend, tmp_path / "out", verify=True)
+        _write(nb, sources, backend, tmp_path / "out", verify=True, user_of=_recording_thread(seen))
     assert list((tmp_path / "out").iterdir()) == []  # the temp file is gone
+    assert [name.startswith("verify-source") for name in seen] == [ranges[0][1] >= PARALLEL_CHECK]
+
+
+def test_small_stored_chunks_of_large_content_are_checked_on_workers(tmp_path):
+    """What decides where a chunk is checked is its uncompressed size (the digest's work): 256 KiB of
+    zeros and a little noise store as a few hundred bytes of zstd."""
+    rng = np.random.default_rng(9)
+    plain = [rng.bytes(100) + bytes(LARGE - 100) for _ in range(4)]
+    stored = [compress(Compressor.ZSTD, x)[0] for x in plain]
+    assert max(map(len, stored)) < 1024
+    src_dir = tmp_path / "src"
+    src_dir.mkdir()
+    (src_dir / SOURCE_ID).write_bytes(b"".join(stored))
+    total = sum(map(len, stored))
+    sources = [SourceBlob(SOURCE_ID, total, 4 * LARGE, 0, Compressor.ZSTD, Digester.BLAKE3, 0, total)]
+    nb = _new_blob(b"".join(stored), [(0, 1)] * 4, [(0, total, 0, 4)])
+    rec = nb.chunks
+    offsets = np.cumsum([0, *map(len, stored)])[:-1]
+    rec["source_offset"] = rec["compressed_offset"] = offsets
+    rec["compressed_size"] = [len(x) for x in stored]
+    rec["uncompressed_size"] = LARGE
+    rec["uncompressed_offset"] = np.arange(4) * LARGE
+    rec["flags"] = 1  # ChunkFlags.COMPRESSED
+    rec["digest"] = [digest(Digester.BLAKE3, x) for x in plain]
+    rec["digest"][2] = bytes(32)
+    nb = NewBlob(**{f: getattr(nb, f) for f in NewBlob.__slots__} | {"compressed_size": total, "uncompressed_size": 4 * LARGE})
+    seen: list[str] = []
+    with pytest.raises(ApplyError, match=rf"chunk at compressed offset {offsets[2]} .*: content does not match"):
+        _write(nb, sources, LocalFsBackend(src_dir), tmp_path / "out", verify=True, user_of=_recording_thread(seen))
+    assert len(seen) == 1 and seen[0].startswith("verify-source")
 
 
 @pytest.mark.parametrize("verify", [False, True])
