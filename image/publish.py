@@ -176,9 +176,12 @@ def publish_one(
             return published
         if current is not None and not force:
             raise ApplyError(f"{target} names another image ({current}); refusing to replace it without --force")
+        # Apply named each new blob by the sha256 of the bytes it wrote, unless upstream's ids (the
+        # chunk data's sha256) were asked for: those the registry must be shown not to match.
+        named = plan.flags.i2_whole_file_id or version == 5
         for n, b in enumerate(composed.layers + composed.reference_blobs):
             if b in new_ids:
-                status = "uploaded" if dest.put_blob_file(b, staged / b) else "present"
+                status = "uploaded" if dest.put_blob_file(b, staged / b, named_by_content=named) else "present"
             else:
                 status = dest.receive_blob(b, sizes[b], source)
             status = _recorded(recorded, k, b) if status == "present" and _recorded(recorded, k, b) else status

@@ -153,6 +153,24 @@ def test_upload_refuses_blob_whose_id_is_not_its_sha256(anon: RegistryServer, tm
     assert _methods(sent) == ["HEAD"]  # only has_blob's: nothing was sent for the refused upload
 
 
+@pytest.mark.parametrize("size", [100, 3 * (1 << 20) + 7], ids=["monolithic", "chunked"])
+def test_a_file_named_by_content_is_trusted_by_us_and_checked_by_the_registry(
+    anon: RegistryServer, tmp_path: Path, size: int
+) -> None:
+    """apply's new blobs are not hashed again before their upload; a file that does not match its
+    name is still refused, by the registry's digest check when the upload completes."""
+    blob_id, path, data = _blob(tmp_path, size, 8)
+    with RegistryBackend(
+        "http", anon.host, REPO, monolithic_upload_max=1 << 20, upload_chunk_size=1 << 20
+    ) as be:
+        assert be.upload_blob(blob_id, path, named_by_content=True) is True
+        assert hashlib.sha256(be.read_exact(blob_id, 0, len(data))).hexdigest() == blob_id
+        other = "cd" * 32
+        with pytest.raises(BackendError, match=f"blob {other}"):
+            be.upload_blob(other, path, named_by_content=True)
+        assert be.has_blob(other) is False
+
+
 def test_chunked_upload_of_a_large_blob(anon: RegistryServer, tmp_path: Path) -> None:
     blob_id, path, data = _blob(tmp_path, 3 * (1 << 20) + 123, 5)
     with RegistryBackend(
