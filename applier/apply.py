@@ -51,7 +51,7 @@ from nydus_compact.store.runs import (
     start_run,
 )
 
-from .blobs import CopyJob, SourceCheck, WrittenBlob, same_file, temp_prefix, write_new_blob
+from .blobs import BlobTee, CopyJob, SourceCheck, WrittenBlob, same_file, temp_prefix, write_new_blob
 from .errors import ApplyError, SourceCorruptError
 from nydus_compact.safeio.faults import fault_point
 from .lock import blobs_dirs_locked
@@ -72,6 +72,7 @@ class ApplyOptions:
     jobs: int = 2  # new blobs written at once
     output_dir: Path | None = None  # new bootstraps go here, named after their sources
     verify_sources: bool = True  # check every copied chunk against its digest
+    blob_tee: Callable[[int], BlobTee] | None = None  # CopyJob.tee: where else new blobs' bytes go
 
 
 @dataclass
@@ -274,6 +275,7 @@ def apply_plan(
                 sources, backend, opts.blobs_dir, src.version, src.chunk_size, digest,
                 whole_file_id=plan.flags.i2_whole_file_id or src.version == 5,
                 check=SourceCheck(_user_of(prep, images), os.cpu_count() or 1) if opts.verify_sources else None,
+                tee=opts.blob_tee,
             )
             written = _write_blobs(prep, job, checkpoints, opts.jobs, progress)
             _publish_blobs(backend, result, written, checkpoints)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -162,6 +163,26 @@ class _Recipe:
         )  # fmt: skip
 
 
+class BlobTee(Protocol):
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    def close(self) -> None: ...  # every byte was written
+
+    def abort(self) -> None: ...  # the blob will not be finished
+
+
+class _Teed:
+    """The file writer, and the tee after it."""
+
+    def __init__(self, out: DirectWriter, tee: BlobTee):
+        self._out, self._tee = out, tee
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = self._out.write(data)
+        self._tee.write(data)
+        return n
+
+
 @dataclass
 class CopyJob:
     """What every new blob of one apply shares."""
@@ -174,6 +195,9 @@ class CopyJob:
     plan_digest: str
     whole_file_id: bool
     check: SourceCheck | None = None  # None: source chunks are copied unchecked
+    # A second destination for a new blob's bytes as they are written (by group), e.g. an upload
+    # session of the image's target registry.
+    tee: Callable[[int], BlobTee] | None = None
     progress: Callable[[int], None] | None = None  # bytes read
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop at the next read
 
@@ -294,14 +318,16 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
                 job.progress(held)
         ring.drain()  # nothing is published before every chunk passed its check
 
+    tee: BlobTee | None = None
     try:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()  # a leftover of this plan's killed run
         out = DirectWriter(tmp)
+        tee = job.tee(nb.group) if job.tee is not None else None
         try:
             writer = BlobWriter(
-                out, version=job.version, compressor=nb.compressor, digester=nb.digester,
-                chunk_size=job.chunk_size, aligned=nb.aligned,
+                out if tee is None else _Teed(out, tee), version=job.version, compressor=nb.compressor,
+                digester=nb.digester, chunk_size=job.chunk_size, aligned=nb.aligned,
             )
             ci = writer.add_chunks(
                 runs(), compressed_sizes=rec["compressed_size"], uncompressed_sizes=rec["uncompressed_size"],
@@ -313,6 +339,8 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
             out.abort()
             raise
         out.finish()
+        if tee is not None:
+            tee.close()
         sha = info.blob_id  # no ToC: the blob id is the whole file's sha256 (blob-v6.md §11)
         if not job.whole_file_id:
             # Upstream names a new blob by the sha256 of its chunk data only (B17).
@@ -323,6 +351,8 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
         reused = _publish(tmp, final, info.compressed_size, sha)
         fsync_dir(out_dir)
     except BaseException:
+        if tee is not None:
+            tee.abort()  # a blob that is not published is not uploaded either
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise

@@ -29,6 +29,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,12 +187,16 @@ class RegistryBackend(BlobBackend):
         headers = {"Range": f"bytes={offset}-{offset + size - 1}"}
         return self._retrying(what, lambda: self._read_once(blob_id, offset, size, headers))
 
-    def upload_blob(self, blob_id: str, path: str | Path, *, named_by_content: bool = False) -> bool:
+    def upload_blob(
+        self, blob_id: str, path: str | Path, *, named_by_content: bool = False, streamed: UploadStream | None = None
+    ) -> bool:
         """Push a finished blob file unless the registry has it. True if it was uploaded.
 
         ``named_by_content``: the caller wrote the file and named it by the sha256 it computed while
         writing (apply's new blobs), so the file is not read a second time to check that; the
-        registry checks the digest again when the upload completes."""
+        registry checks the digest again when the upload completes. ``streamed``: the file's bytes
+        were already sent into an upload session while it was written; committing that session is
+        then the upload (if it fails, the file is uploaded as usual)."""
         self._check_id(blob_id)
         path = Path(path)
         if named_by_content:
@@ -209,6 +214,14 @@ class RegistryBackend(BlobBackend):
             )
         if self._head_size(blob_id) is not None:
             return False
+        session = streamed.sent() if streamed is not None else None
+        if session is not None and session[1] == file_size:
+            try:
+                self._finish_upload(blob_id, session[0], b"")
+                self._check_stored(blob_id, file_size)
+                return True
+            except BackendError:
+                pass  # an expired or refused session: the file goes up the usual way
         try:
             with path.open("rb") as f:
                 self.upload_stream(blob_id, file_size, _file_parts(f, file_size, path, blob_id, self.upload_chunk_size))
@@ -231,6 +244,13 @@ class RegistryBackend(BlobBackend):
                 location = self._patch_upload(blob_id, location, done, part)
                 done += len(part)
             self._finish_upload(blob_id, location, b"")
+        self._check_stored(blob_id, size)
+
+    def stream_upload(self) -> UploadStream:
+        """An upload session to send a blob's bytes into while it is still being written."""
+        return UploadStream(self)
+
+    def _check_stored(self, blob_id: str, size: int) -> None:
         stored = self._head_size(blob_id)
         if stored != size:
             raise BackendError(
@@ -546,6 +566,72 @@ def read_window(resp: httpx.Response, skip: int, limit: int) -> bytes:
         if got >= limit:
             break
     return b"".join(parts)[:limit]
+
+
+class UploadStream:
+    """A blob's bytes sent into an upload session while the blob is still being written (apply's
+    new blobs on their way to an image's target registry), so that sending overlaps writing.
+
+    Parts of ``upload_chunk_size`` go out as PATCHes on a worker thread, at most two waiting
+    behind the one being sent. Nothing is committed here: the session becomes the blob only when
+    ``upload_blob(..., streamed=)`` finishes it with the digest PUT, after the blob was checked
+    and published. Any failure just leaves the blob to be uploaded from its file."""
+
+    PENDING = 2
+
+    def __init__(self, backend: RegistryBackend):
+        self._backend = backend
+        self._part = bytearray()
+        self._sent = 0
+        self._location: str | None = None
+        self._failed = False
+        self._closed = False
+        self._pool = ThreadPoolExecutor(1, "upload-stream")
+        self._pending: list[Future] = []
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._failed:
+            return
+        self._part += data
+        if len(self._part) >= self._backend.upload_chunk_size:
+            self._hand_over()
+
+    def close(self) -> None:
+        """The last bytes are written: send them and wait for every part."""
+        if not self._failed and self._part:
+            self._hand_over()
+        for future in self._pending:
+            future.result()
+        self._pool.shutdown()
+        self._closed = True
+
+    def abort(self) -> None:
+        """The blob will not be finished: send nothing more (the registry drops the session)."""
+        self._failed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def sent(self) -> tuple[str, int] | None:
+        """(session location, bytes sent) once closed with every part sent, else None."""
+        if not self._closed or self._failed or self._location is None:
+            return None
+        return self._location, self._sent
+
+    def _hand_over(self) -> None:
+        part, self._part = bytes(self._part), bytearray()
+        while len(self._pending) >= self.PENDING:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(self._patch, part))
+
+    def _patch(self, part: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            if self._location is None:
+                self._location = self._backend._start_upload("(streamed while written)")
+            self._location = self._backend._patch_upload("(streamed while written)", self._location, self._sent, part)
+            self._sent += len(part)
+        except BackendError:  # the file is uploaded later, as if nothing was streamed
+            self._failed = True
 
 
 def transport_reason(exc: httpx.RequestError) -> str:

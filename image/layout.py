@@ -150,8 +150,9 @@ class LayoutRepo:
         except OSError as exc:
             raise ImageError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
-    def put_blob_file(self, hex_id: str, path: Path, named_by_content: bool = False) -> bool:
-        """``named_by_content`` changes nothing here: the copy is hashed as it is written anyway."""
+    def put_blob_file(self, hex_id: str, path: Path, named_by_content: bool = False, streamed: object = None) -> bool:
+        """``named_by_content`` changes nothing here: the copy is hashed as it is written anyway; nothing
+        is streamed to a layout (``streamed`` is always None)."""
 
         def parts() -> Iterator[bytes]:
             with open(path, "rb") as f:

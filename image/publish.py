@@ -14,6 +14,7 @@ from pathlib import Path
 
 from nydus_compact.applier.apply import ApplyOptions, ApplyResult, Progress, apply_plan
 from nydus_compact.applier.errors import ApplyError
+from nydus_compact.backends.registry import UploadStream
 from nydus_compact.safeio.faults import fault_point
 from nydus_compact.planner.plan import ImageSource, Plan
 from nydus_compact.rafs.loader import detect_version
@@ -25,7 +26,7 @@ from .compose import Blob, Composed, compose
 from .errors import ImageError
 from .manifest import Index, Manifest, dumps, is_index, load_json, sha256_digest
 from .planning import backend_config_of, blob_backend
-from .reference import ImageRef, LayoutRef, parse_reference
+from .reference import DockerRef, ImageRef, LayoutRef, parse_reference
 from .source import Access, Repo, fetch_manifest, open_repo, tag_digest
 
 MAX_CONFIG = 16 << 20
@@ -78,17 +79,35 @@ def apply_image_plan(
             .output(json_path, "the output JSON (--output-json)")
     opts.output_json = None  # the image flow writes its own, with what was published
     published: list[Published] = []
+    # One registry target and blobs named by their sha256: each new blob is sent into an upload
+    # session of the target while apply writes it, and publishing commits that session.
+    streams: dict[int, UploadStream] = {}
+    stream_to = None
+    if len(targets) == 1 and isinstance(targets[0], DockerRef) and plan.flags.i2_whole_file_id:
+        stream_to = open_repo(targets[0], access, scheme=infos[0].target_scheme)  # type: ignore[union-attr]
+
+        def tee(group: int) -> UploadStream:
+            streams[group] = stream_to.stream_upload()  # type: ignore[union-attr]
+            return streams[group]
+
+        opts.blob_tee = tee
     try:
         result = apply_plan(plan, recorded, opts, blob_backend(source), bcfg, store, progress)
+        streamed = {nb["blob_id"]: streams[g] for nb in result.new_blobs if (g := int(nb["group"][1:])) in streams}
         if result.run_id is not None:
             for k, (info, tgt, image) in enumerate(zip(infos, targets, result.images)):
                 assert info is not None
                 published.append(publish_one(
                     k, info, tgt, source, Path(image["bootstrap"]), image["blobs"],
                     {nb["blob_id"] for nb in result.new_blobs}, opts.blobs_dir, plan, store, result.run_id,
-                    access, force,
+                    access, force, streamed,
                 ))
     finally:
+        for stream in streams.values():
+            stream.abort()  # a no-op for a committed one; sends nothing more for the others
+        if stream_to is not None:
+            stream_to.close()
+        opts.blob_tee = None
         opts.output_json = json_path
         source.close()
     if json_path is not None:
@@ -131,6 +150,7 @@ def _check_source_current(source: Repo, info: ImageSource, target: ImageRef, pub
 def publish_one(
     k: int, info: ImageSource, target: ImageRef, source: Repo, new_boot: Path, table: list[str], new_ids: set[str],
     staged: Path, plan: Plan, store: Store, run_id: int, access: Access, force: bool,
+    streamed: dict[str, UploadStream] | None = None,
 ) -> Published:
     source_ref = parse_reference(info.source)
     mdata, mserved, _ = fetch_manifest(source, source_ref, info.manifest_digest)
@@ -181,7 +201,8 @@ def publish_one(
         named = plan.flags.i2_whole_file_id or version == 5
         for n, b in enumerate(composed.layers + composed.reference_blobs):
             if b in new_ids:
-                status = "uploaded" if dest.put_blob_file(b, staged / b, named_by_content=named) else "present"
+                sent = (streamed or {}).get(b)
+                status = "uploaded" if dest.put_blob_file(b, staged / b, named_by_content=named, streamed=sent) else "present"
             else:
                 status = dest.receive_blob(b, sizes[b], source)
             status = _recorded(recorded, k, b) if status == "present" and _recorded(recorded, k, b) else status

@@ -74,8 +74,8 @@ class RegistryRepo(RegistryBackend):
             yield self.read_exact(hex_id, done, n)
             done += n
 
-    def put_blob_file(self, hex_id: str, path, named_by_content: bool = False) -> bool:  # type: ignore[no-untyped-def]
-        return self.upload_blob(hex_id, path, named_by_content=named_by_content)
+    def put_blob_file(self, hex_id: str, path, named_by_content: bool = False, streamed=None) -> bool:  # type: ignore[no-untyped-def]
+        return self.upload_blob(hex_id, path, named_by_content=named_by_content, streamed=streamed)
 
     def put_blob_bytes(self, hex_id: str, data: bytes) -> bool:
         if self._head_size(hex_id) is not None:

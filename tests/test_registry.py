@@ -171,6 +171,43 @@ def test_a_file_named_by_content_is_trusted_by_us_and_checked_by_the_registry(
         assert be.has_blob(other) is False
 
 
+def test_a_blob_streamed_while_written_is_committed_without_reading_the_file(anon: RegistryServer, tmp_path: Path) -> None:
+    """UploadStream sends the bytes as they come (PATCHes of upload_chunk_size on a worker); the
+    upload then only commits the session: the file is never sent."""
+    blob_id, path, data = _blob(tmp_path, 3 * (1 << 20) + 99, 11)
+    with RegistryBackend("http", anon.host, REPO, upload_chunk_size=1 << 20) as be:
+        sent = _sent(be)
+        stream = be.stream_upload()
+        for k in range(0, len(data), 300_000):  # written in pieces that are not the upload's parts
+            stream.write(memoryview(data)[k : k + 300_000])
+        stream.close()
+        assert be.has_blob(blob_id) is False  # nothing is committed before the upload step
+        path.write_bytes(b"x" * len(data))  # were the file read, the digest check would refuse it
+        assert be.upload_blob(blob_id, path, named_by_content=True, streamed=stream) is True
+        methods = _methods(sent)
+        patches = methods.count("PATCH")
+        assert patches >= 3 and methods == ["POST", *["PATCH"] * patches, "HEAD", "HEAD", "PUT", "HEAD"], methods
+        assert hashlib.sha256(be.read_exact(blob_id, 0, len(data))).hexdigest() == blob_id
+
+
+@pytest.mark.parametrize("how", ["aborted", "registry-gone", "short"])
+def test_a_stream_that_did_not_complete_leaves_the_upload_to_the_file(
+    anon: RegistryServer, tmp_path: Path, how: str
+) -> None:
+    blob_id, path, data = _blob(tmp_path, (1 << 20) + 5, 12 + len(how))
+    with RegistryBackend("http", anon.host, REPO, upload_chunk_size=1 << 16) as be:
+        target = RegistryBackend("http", "127.0.0.1:9", REPO) if how == "registry-gone" else be
+        stream = target.stream_upload()
+        stream.write(data if how != "short" else data[:-1])
+        if how == "aborted":
+            stream.abort()
+        else:
+            stream.close()
+        assert stream.sent() is None or stream.sent()[1] != len(data)
+        assert be.upload_blob(blob_id, path, named_by_content=True, streamed=stream) is True
+        assert hashlib.sha256(be.read_exact(blob_id, 0, len(data))).hexdigest() == blob_id
+
+
 def test_chunked_upload_of_a_large_blob(anon: RegistryServer, tmp_path: Path) -> None:
     blob_id, path, data = _blob(tmp_path, 3 * (1 << 20) + 123, 5)
     with RegistryBackend(
