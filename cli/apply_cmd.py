@@ -59,7 +59,7 @@ def apply_command(
     backend_config: Path | None = typer.Option(None, "--backend-config", help="Backend config for source blobs, when the plan's backend is not localfs."),
     backend_type: str | None = typer.Option(None, "--backend-type", help="Type of a raw --backend-config."),
     output_json: Path | None = typer.Option(None, "--output-json", "-J", help="Write the result JSON here (- for stdout)."),
-    verify: bool = typer.Option(False, "--verify", help="After writing, check every chunk of the new image against its digest."),
+    verify: bool = typer.Option(False, "--verify", help="After writing, check every chunk of the new image against its digest (an image plan: before publishing; a failed check publishes nothing)."),
     verify_sources: bool = typer.Option(True, "--verify-sources/--no-verify-sources", help="Check every copied source chunk against its digest while copying (on by default; a corrupt source publishes nothing)."),
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, max=64, help="New blobs written in parallel."),
     state: Path | None = typer.Option(None, "--state", help="SQLite state store (default: PLAN.state.sqlite next to the plan)."),
@@ -93,12 +93,15 @@ def apply_command(
             raise ImageUsageError("an image plan reads blobs from the source image's repository: drop --backend-config")
         opts = ApplyOptions(plan_file, blobs_dir or work_dir(plan_file) / "blobs", output_bootstrap, output_json,
                             verify, jobs, output_dir, verify_sources)
+        checked: list = []
         with open_store(state or default_state(plan_file)) as store:
             with progress_bar(sys.stderr.isatty()) as progress:
                 result, published = apply_image_plan(plan, recorded, opts, image_opts.access(authfile, insecure_registry),
-                                                     store, force=force, progress=progress)
+                                                     store, force=force, progress=progress, verified=checked)
         # Status lines: stdout carries only what was asked for (the JSON with --output-json -).
         typer.echo(result.message, err=True)
+        for bootstrap, report in checked:
+            typer.echo(report.summary(bootstrap), err=True)
         for p in published:
             typer.echo(p.line(), err=True)
         return EXIT_OK

@@ -386,6 +386,43 @@ def test_blob_whose_id_is_not_its_sha256_is_refused(built, registry, tmp_path):
     assert inspect_fails(target)
 
 
+def test_verify_checks_the_new_image_before_publishing_it(built, registry, tmp_path):
+    """`apply --verify` of an image plan: the new image (new blobs from the work dir, kept ones from
+    the source) is checked, its summary printed, then published. A kept blob whose bytes went bad
+    (same size: the plan is not stale) fails the check, and nothing is published."""
+    source = publish_source(built[6], registry, "verify/src:v1")
+    root = tmp_path / "ok"
+    root.mkdir()
+    target = f"docker://{registry.host}/verify/ok:v1"
+    assert cli("plan", source, "--target", target, *REBUILD_AND_MERGE, "-o", root / "plan.yaml").rc == 0
+    r = cli("apply", root / "plan.yaml", "--verify", "-J", root / "out.json")
+    assert r.rc == 0, r.err
+    lines = r.err.splitlines()
+    assert len(lines) == 3 and lines[1].startswith("verify ") and ": OK: " in lines[1], r.err
+    assert lines[2].startswith(f"published {target}"), r.err
+    judge(target, tmp_path, 6, json.loads((root / "out.json").read_text()))
+
+    layout = tmp_path / "layout"
+    shutil.copytree(built[6] / "layout", layout)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    target = f"docker://{registry.host}/verify/bad:v1"
+    assert cli("plan", f"oci:{layout}:v1", "--target", target, *REBUILD_AND_MERGE, "-o", bad / "plan.yaml").rc == 0
+    from nydus_compact.planner.planfile import load_plan
+
+    plan, _ = load_plan(bad / "plan.yaml")
+    kept_id = next(b.blob_id for b in plan.blobs if b.decision == "keep")
+    blob = layout / "blobs" / "sha256" / kept_id
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside chunk data, same size
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    r = cli("apply", bad / "plan.yaml", "--verify")
+    assert r.rc == 1 and r.err.count("\n") == 1, r.err
+    assert ": FAILED (" in r.err and "nothing was published" in r.err, r.err
+    assert inspect_fails(target)
+
+
 @pytest.fixture(scope="module")
 def token_registry(tmp_path_factory):
     yield from serve(tmp_path_factory, "token", {USER: PASSWORD})
