@@ -364,13 +364,13 @@ def test_htpasswd_registry_with_docker_config_keeps_secrets_out(built, secured, 
             assert secret not in text
 
 
-def test_blob_whose_id_is_not_its_sha256_is_refused(built, registry, tmp_path):
-    """A layout blob whose bytes do not hash to its id (like a v6 blob with a ToC) cannot become a layer."""
+def plan_with_a_bad_kept_blob(built, tmp_path: Path, target: str, at) -> Path:  # type: ignore[no-untyped-def]
+    """A plan from a copy of the v6 layout, then one byte of a kept blob flipped at ``at(size)``:
+    same size, so the plan is not stale, but the bytes are wrong. Returns the plan file."""
     layout = tmp_path / "layout"
     shutil.copytree(built[6] / "layout", layout)
     root = tmp_path / "img"
     root.mkdir()
-    target = f"docker://{registry.host}/badblob/app:v1"
     assert cli("plan", f"oci:{layout}:v1", "--target", target, *REBUILD_AND_MERGE, "-o", root / "plan.yaml").rc == 0
     from nydus_compact.planner.planfile import load_plan
 
@@ -378,10 +378,16 @@ def test_blob_whose_id_is_not_its_sha256_is_refused(built, registry, tmp_path):
     kept_id = next(b.blob_id for b in plan.blobs if b.decision == "keep")
     blob = layout / "blobs" / "sha256" / kept_id
     data = bytearray(blob.read_bytes())
-    data[-1] ^= 0xFF  # same size: the plan is not stale, the bytes are wrong
+    data[at(len(data))] ^= 0xFF
     blob.chmod(0o644)
     blob.write_bytes(bytes(data))
-    r = cli("apply", root / "plan.yaml")
+    return root / "plan.yaml"
+
+
+def test_blob_whose_id_is_not_its_sha256_is_refused(built, registry, tmp_path):
+    """A layout blob whose bytes do not hash to its id (like a v6 blob with a ToC) cannot become a layer."""
+    target = f"docker://{registry.host}/badblob/app:v1"
+    r = cli("apply", plan_with_a_bad_kept_blob(built, tmp_path, target, lambda size: size - 1))
     assert r.rc == 1 and "cannot be published under its id" in r.err and r.err.count("\n") == 1, r.err
     assert inspect_fails(target)
 
@@ -402,22 +408,8 @@ def test_verify_checks_the_new_image_before_publishing_it(built, registry, tmp_p
     assert lines[2].startswith(f"published {target}"), r.err
     judge(target, tmp_path, 6, json.loads((root / "out.json").read_text()))
 
-    layout = tmp_path / "layout"
-    shutil.copytree(built[6] / "layout", layout)
-    bad = tmp_path / "bad"
-    bad.mkdir()
     target = f"docker://{registry.host}/verify/bad:v1"
-    assert cli("plan", f"oci:{layout}:v1", "--target", target, *REBUILD_AND_MERGE, "-o", bad / "plan.yaml").rc == 0
-    from nydus_compact.planner.planfile import load_plan
-
-    plan, _ = load_plan(bad / "plan.yaml")
-    kept_id = next(b.blob_id for b in plan.blobs if b.decision == "keep")
-    blob = layout / "blobs" / "sha256" / kept_id
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 3] ^= 0xFF  # inside chunk data, same size
-    blob.chmod(0o644)
-    blob.write_bytes(bytes(data))
-    r = cli("apply", bad / "plan.yaml", "--verify")
+    r = cli("apply", plan_with_a_bad_kept_blob(built, tmp_path, target, lambda size: size // 3), "--verify")
     assert r.rc == 1 and r.err.count("\n") == 1, r.err
     assert ": FAILED (" in r.err and "nothing was published" in r.err, r.err
     assert inspect_fails(target)
