@@ -87,8 +87,9 @@ def same_file(path: Path, size: int, sha: str) -> bool:
 
 
 class SourceCheck:
-    """Checks copied source chunks against their digests on worker threads (decompress + digest
-    release the GIL), so the check overlaps the copy instead of adding to it.
+    """Checks copied source chunks against their digests: large ones on worker threads (decompress
+    + digest release the GIL), so the check overlaps the copy; small ones on the copying thread
+    (see ``submit``).
 
     One check covers a whole read buffer: small chunks read a few at a time cost more to hand to a
     thread than to digest. ``user_of`` names a file that uses a recipe occurrence, for the error
