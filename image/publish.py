@@ -89,7 +89,10 @@ def apply_image_plan(
     streams: dict[int, UploadStream] = {}
     stream_to = None
     if len(targets) == 1 and isinstance(targets[0], DockerRef) and plan.flags.i2_whole_file_id:
-        stream_to = open_repo(targets[0], access, scheme=infos[0].target_scheme)  # type: ignore[union-attr]
+        # Opened as publish_one would (scopes for a mount from the source), which then publishes through it.
+        stream_to = open_repo(
+            targets[0], access, scheme=infos[0].target_scheme, mount_from=source_ref  # type: ignore[union-attr]
+        )
 
         def tee(group: int) -> UploadStream:
             streams[group] = stream_to.stream_upload()  # type: ignore[union-attr]
@@ -107,7 +110,7 @@ def apply_image_plan(
                 published.append(publish_one(
                     k, info, tgt, source, Path(image["bootstrap"]), image["blobs"],
                     {nb["blob_id"] for nb in result.new_blobs}, opts.blobs_dir, plan, store, result.run_id,
-                    access, force, streamed,
+                    access, force, streamed, stream_to,
                 ))
     finally:
         for stream in streams.values():
@@ -173,8 +176,10 @@ def _check_source_current(source: Repo, info: ImageSource, target: ImageRef, pub
 def publish_one(
     k: int, info: ImageSource, target: ImageRef, source: Repo, new_boot: Path, table: list[str], new_ids: set[str],
     staged: Path, plan: Plan, store: Store, run_id: int, access: Access, force: bool,
-    streamed: dict[str, UploadStream] | None = None,
+    streamed: dict[str, UploadStream] | None = None, dest: Repo | None = None,
 ) -> Published:
+    """Publish image ``k``'s new manifest to ``target``: ``dest`` if given (the caller closes it),
+    else a repository opened here."""
     source_ref = parse_reference(info.source)
     mdata, mserved, _ = fetch_manifest(source, source_ref, info.manifest_digest)
     manifest = Manifest.parse(mdata, f"{source_ref} ({info.manifest_digest})", mserved)
@@ -206,7 +211,9 @@ def publish_one(
     final = index_blob or composed.manifest
     published = Published(info.source, str(target), final.digest, composed.manifest.digest, "published")
 
-    dest = open_repo(target, access, scheme=info.target_scheme, create=isinstance(target, LayoutRef), mount_from=source_ref)
+    owned = dest is None
+    if dest is None:
+        dest = open_repo(target, access, scheme=info.target_scheme, create=isinstance(target, LayoutRef), mount_from=source_ref)
     try:
         current = tag_digest(dest, target)
         recorded = {key: s for key, s in steps(store, run_id).items() if key.startswith(f"publish:{k}:")}
@@ -224,8 +231,8 @@ def publish_one(
         named = plan.flags.i2_whole_file_id or version == 5
         for n, b in enumerate(composed.layers + composed.reference_blobs):
             if b in new_ids:
-                sent = (streamed or {}).get(b)
-                status = "uploaded" if dest.put_blob_file(b, staged / b, named_by_content=named, streamed=sent) else "present"
+                uploaded = dest.put_blob_file(b, staged / b, named_by_content=named, streamed=(streamed or {}).get(b))
+                status = "uploaded" if uploaded else "present"
             else:
                 status = dest.receive_blob(b, sizes[b], source)
             status = _recorded(recorded, k, b) if status == "present" and _recorded(recorded, k, b) else status
@@ -246,7 +253,8 @@ def publish_one(
         _record(store, run_id, f"publish:{k}:tag", None, len(final.data), str(target), sha=final.digest)
         fault_point("publish-done")
     finally:
-        dest.close()
+        if owned:
+            dest.close()
     return published
 
 
