@@ -18,6 +18,7 @@ MiB (sync_file_range) so that the final fsync does not have the whole file to wr
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import mmap
 import os
@@ -133,7 +134,15 @@ class DirectWriter:
             pending.result()
 
     def _write_buffer(self, k: int, length: int, offset: int) -> None:
-        _write_all(self._fd, self._views[k][:length], offset)
+        try:
+            _write_all(self._fd, self._views[k][:length], offset)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            # A file system that accepted O_DIRECT at open but refuses the aligned write: the rest
+            # of the file goes through the page cache (finish's fsync makes it durable all the same).
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            _write_all(self._fd, self._views[k][:length], offset)
 
     def _writeback(self) -> None:
         call = _sync_file_range()

@@ -3,6 +3,7 @@ safeio.atomic_writer on top of it (the bootstrap writer) replaces its output onl
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import random
@@ -102,3 +103,27 @@ def test_direct_atomic_writer_refuses_a_special_file_as_output(tmp_path):
         with atomic_writer(fifo, direct=True) as fp:
             fp.write(b"x")
     assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["out.boot"]
+
+
+def test_a_direct_write_the_file_system_refuses_goes_through_the_page_cache(tmp_path, monkeypatch):
+    """Some file systems accept O_DIRECT at open and refuse the write (EINVAL): the writer clears
+    O_DIRECT on the file and writes the same bytes buffered."""
+    refused = []
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, data, offset):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    data = random.Random(3).randbytes(2 * BUFFER + 555)
+    path = tmp_path / "blob"
+    out = DirectWriter(path)
+    if not out.direct:
+        out.abort()
+        pytest.skip("this file system refuses O_DIRECT at open already")
+    out.write(data)
+    out.finish()
+    assert refused == [0] and path.read_bytes() == data
