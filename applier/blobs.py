@@ -24,8 +24,8 @@ from nydus_compact.backends.reads import MAX_READ, coalesce_sorted, read_extents
 from nydus_compact.planner.facts import SourceBlob
 from nydus_compact.planner.layout import NewBlob
 from nydus_compact.rafs.blob_writer import BlobWriter
-from nydus_compact.rafs.compression import Compressor, decompress
-from nydus_compact.rafs.digest import Digester, digest
+from nydus_compact.rafs.compression import Compressor, decompressor
+from nydus_compact.rafs.digest import Digester, digest_function
 from nydus_compact.rafs.flags import ChunkFlags
 from nydus_compact.rafs.model import BlobInfo
 from nydus_compact.safeio import TMP_PREFIX, fsync_dir
@@ -116,15 +116,17 @@ class SourceCheck:
     def _check(self, recipe: "_Recipe", lo: int, hi: int, data: memoryview) -> None:
         """Chunks [lo, hi) of the recipe, held in ``data``, decompress to their digests; else SourceCorruptError."""
         at, size, usize, packed, source = recipe.at, recipe.size, recipe.usize, recipe.packed, recipe.source
-        digests, algos = recipe.digests, recipe.algos
+        digests = recipe.digests
+        # Looked up once per buffer: the per-chunk loop is what the check of small chunks costs.
+        fns = {s: (decompressor(c), digest_function(d)) for s, (c, d) in recipe.algos.items()}
         for k in range(lo, hi):
-            compressor, digester = algos[source[k]]
+            unpack, hash_of = fns[source[k]]
             stored = data[at[k] : at[k] + size[k]]
             try:
-                plain = decompress(compressor, stored, usize[k]) if packed[k] else stored
+                plain = unpack(stored, usize[k]) if packed[k] else stored
             except ValueError as exc:
                 raise self._corrupt(recipe, k, f"does not decompress: {exc}") from None
-            if digest(digester, plain) != digests[32 * k : 32 * k + 32]:
+            if hash_of(plain) != digests[32 * k : 32 * k + 32]:
                 raise self._corrupt(recipe, k, "content does not match its digest")
 
     def _corrupt(self, recipe: "_Recipe", k: int, what: str) -> SourceCorruptError:

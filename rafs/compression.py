@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import threading
 import zlib
+from collections.abc import Callable
 from enum import IntEnum
 
 import lz4.block
@@ -69,24 +70,47 @@ def compress(algo: Compressor, data: bytes) -> tuple[bytes, bool]:
 
 def decompress(algo: Compressor, data: bytes, uncompressed_size: int) -> bytes:
     """Decompress into exactly ``uncompressed_size`` bytes; raises ValueError on any mismatch."""
+    return decompressor(algo)(data, uncompressed_size)
+
+
+def decompressor(algo: Compressor) -> Callable[[bytes | memoryview, int], bytes]:
+    """``decompress`` for one algorithm, looked up once for a loop over many chunks. Call it on the
+    thread that asked for it: it holds that thread's zstd context."""
     if algo == Compressor.NONE:
-        out = data
-    elif algo == Compressor.LZ4_BLOCK:
-        try:
-            out = lz4.block.decompress(data, uncompressed_size=uncompressed_size)
-        except lz4.block.LZ4BlockError as exc:
-            raise ValueError(f"lz4_block: {exc}") from None
-    elif algo == Compressor.ZSTD:
-        try:
-            out = _zstd_decompressor().decompress(data, max_output_size=uncompressed_size)
-        except zstandard.ZstdError as exc:
-            raise ValueError(f"zstd: {exc}") from None
-    else:
-        try:
-            dec = zlib.decompressobj(wbits=31)
-            out = dec.decompress(data, uncompressed_size + 1)
-        except zlib.error as exc:
-            raise ValueError(f"gzip: {exc}") from None
+        return _exact
+    if algo == Compressor.LZ4_BLOCK:
+        return _lz4
+    if algo == Compressor.ZSTD:
+        dctx = _zstd_decompressor()
+
+        def zstd(data: bytes | memoryview, uncompressed_size: int) -> bytes:
+            try:
+                out = dctx.decompress(data, max_output_size=uncompressed_size)
+            except zstandard.ZstdError as exc:
+                raise ValueError(f"zstd: {exc}") from None
+            return _exact(out, uncompressed_size)
+
+        return zstd
+    return _gzip
+
+
+def _exact(out: bytes | memoryview, uncompressed_size: int) -> bytes:
     if len(out) != uncompressed_size:
         raise ValueError(f"decompressed to {len(out)} bytes, expected {uncompressed_size}")
-    return out
+    return out  # type: ignore[return-value]
+
+
+def _lz4(data: bytes | memoryview, uncompressed_size: int) -> bytes:
+    try:
+        out = lz4.block.decompress(data, uncompressed_size=uncompressed_size)
+    except lz4.block.LZ4BlockError as exc:
+        raise ValueError(f"lz4_block: {exc}") from None
+    return _exact(out, uncompressed_size)
+
+
+def _gzip(data: bytes | memoryview, uncompressed_size: int) -> bytes:
+    try:
+        out = zlib.decompressobj(wbits=31).decompress(data, uncompressed_size + 1)
+    except zlib.error as exc:
+        raise ValueError(f"gzip: {exc}") from None
+    return _exact(out, uncompressed_size)

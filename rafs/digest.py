@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from enum import IntEnum
 
 import blake3
@@ -26,8 +27,19 @@ class Digester(IntEnum):
 
 def digest(algo: Digester, data: bytes) -> bytes:
     """32 raw bytes of H(data)."""
-    if algo == Digester.BLAKE3:
-        return blake3.blake3(data).digest()
+    return digest_function(algo)(data)
+
+
+def digest_function(algo: Digester) -> Callable[[bytes | memoryview], bytes]:
+    """``digest`` for one algorithm, looked up once for a loop over many chunks."""
+    return _blake3 if algo == Digester.BLAKE3 else _sha256
+
+
+def _blake3(data: bytes | memoryview) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+def _sha256(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
