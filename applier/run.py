@@ -12,14 +12,12 @@ from nydus_compact.backends.config import (
 )
 from nydus_compact.planner.plan import Plan
 from nydus_compact.planner.planfile import load_plan
-from nydus_compact.rafs.loader import load_bootstrap
 from nydus_compact.store import default_state
 from nydus_compact.store.db import open_store
 
 from .apply import ApplyOptions, ApplyResult, Progress, apply_plan
 from .errors import ApplyError
-from .overlay import NewImageBackend
-from .verify import VerifyReport, record_verification, verify_image
+from .verify import VerifyReport, verify_outputs
 
 
 @dataclass
@@ -83,10 +81,7 @@ def run_apply(
     with open_backend(bcfg) as backend, open_store(req.state or default_state(req.plan_path)) as store:
         outcome = ApplyOutcome(apply_plan(plan, recorded, opts, backend, bcfg, store, progress))
         if req.verify and outcome.result.run_id is not None:
-            for image in outcome.result.images:
-                if progress is not None:
-                    progress(f"verifying {Path(image['bootstrap']).name}", 0, 0)
-                report = verify_image(load_bootstrap(image["bootstrap"]), NewImageBackend(blobs_dir, backend))
-                record_verification(store, outcome.result.run_id, report, Path(image["bootstrap"]))
-                outcome.verified.append((image["bootstrap"], report))
+            outcome.verified = verify_outputs(
+                outcome.result.images, outcome.result.run_id, blobs_dir, backend, store, progress
+            )
     return outcome

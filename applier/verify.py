@@ -52,3 +52,24 @@ def record_verification(store: Store, run_id: int, report: VerifyReport, bootstr
     record_step(
         store, run_id, VERIFY_STEP, status, bytes=report.stats.bytes_read, detail=report.summary(str(bootstrap))
     )
+
+
+def verify_outputs(
+    result_images: list[dict], run_id: int, blobs_dir: Path, source: BlobBackend, store: Store,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[tuple[str, VerifyReport]]:
+    """Verify each new bootstrap an apply run wrote (new blobs from ``blobs_dir``, kept ones from
+    ``source``) and record each report in the run's audit trail."""
+    from nydus_compact.rafs.loader import load_bootstrap
+
+    from .overlay import NewImageBackend
+
+    reports = []
+    for image in result_images:
+        boot = Path(image["bootstrap"])
+        if progress is not None:
+            progress(f"verifying {boot.name}", 0, 0)
+        report = verify_image(load_bootstrap(boot), NewImageBackend(blobs_dir, source))
+        record_verification(store, run_id, report, boot)
+        reports.append((image["bootstrap"], report))
+    return reports

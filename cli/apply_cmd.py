@@ -100,8 +100,7 @@ def apply_command(
                                                      store, force=force, progress=progress, verified=checked)
         # Status lines: stdout carries only what was asked for (the JSON with --output-json -).
         typer.echo(result.message, err=True)
-        for bootstrap, report in checked:
-            typer.echo(report.summary(bootstrap), err=True)
+        _echo_verified(checked)
         for p in published:
             typer.echo(p.line(), err=True)
         return EXIT_OK
@@ -113,11 +112,16 @@ def apply_command(
         outcome = run_apply(req, progress, loaded=(plan, recorded))
     # Status lines: stdout carries only what was asked for (the JSON with --output-json -).
     typer.echo(outcome.result.message, err=True)
-    for bootstrap, report in outcome.verified:
+    _echo_verified(outcome.verified)
+    return EXIT_OK if outcome.ok else EXIT_ERROR
+
+
+def _echo_verified(reports: list) -> None:
+    """A summary line per verified bootstrap, then its problems."""
+    for bootstrap, report in reports:
         typer.echo(report.summary(bootstrap), err=True)
         for p in report.problems:
             typer.echo(f"  {p}", err=True)
-    return EXIT_OK if outcome.ok else EXIT_ERROR
 
 
 @app.command("verify")

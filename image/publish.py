@@ -14,12 +14,11 @@ from pathlib import Path
 
 from nydus_compact.applier.apply import ApplyOptions, ApplyResult, Progress, apply_plan
 from nydus_compact.applier.errors import ApplyError
-from nydus_compact.applier.overlay import NewImageBackend
-from nydus_compact.applier.verify import VerifyReport, record_verification, verify_image
+from nydus_compact.applier.verify import VerifyReport, verify_outputs
 from nydus_compact.backends.registry import UploadStream
 from nydus_compact.safeio.faults import fault_point
 from nydus_compact.planner.plan import ImageSource, Plan
-from nydus_compact.rafs.loader import detect_version, load_bootstrap
+from nydus_compact.rafs.loader import detect_version
 from nydus_compact.safeio import OutputGuard, atomic_write_bytes, is_stdout
 from nydus_compact.store.db import Store
 from nydus_compact.store.runs import STEP_DONE, find_run, steps
@@ -103,7 +102,15 @@ def apply_image_plan(
         result = apply_plan(plan, recorded, opts, blob_backend(source), bcfg, store, progress)
         streamed = {nb["blob_id"]: streams[g] for nb in result.new_blobs if (g := int(nb["group"][1:])) in streams}
         if opts.verify and result.run_id is not None:
-            _verify_before_publishing(result, opts, source, store, verified if verified is not None else [], progress)
+            reports = verify_outputs(
+                result.images, result.run_id, opts.blobs_dir, blob_backend(source), store, progress
+            )
+            if verified is not None:
+                verified.extend(reports)
+            for boot, report in reports:
+                if not report.ok:
+                    first = f": {report.problems[0]}" if report.problems else ""
+                    raise ApplyError(f"{report.summary(boot)}{first}; nothing was published")
         if result.run_id is not None:
             for k, (info, tgt, image) in enumerate(zip(infos, targets, result.images)):
                 assert info is not None
@@ -128,22 +135,6 @@ def apply_image_plan(
         else:
             atomic_write_bytes(json_path, text.encode())
     return result, published
-
-
-def _verify_before_publishing(
-    result: ApplyResult, opts: ApplyOptions, source: Repo, store: Store, verified: list[tuple[str, VerifyReport]],
-    progress: Progress | None,
-) -> None:
-    for image in result.images:
-        boot = Path(image["bootstrap"])
-        if progress is not None:
-            progress(f"verifying {boot.name}", 0, 0)
-        report = verify_image(load_bootstrap(boot), NewImageBackend(opts.blobs_dir, blob_backend(source)))
-        record_verification(store, result.run_id, report, boot)  # type: ignore[arg-type]
-        verified.append((str(boot), report))
-        if not report.ok:
-            first = f": {report.problems[0]}" if report.problems else ""
-            raise ApplyError(f"{report.summary(str(boot))}{first}; nothing was published")
 
 
 def _published_digests(store: Store, plan_digest: str) -> dict[int, str]:
