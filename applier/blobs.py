@@ -269,26 +269,25 @@ def write_new_blob(nb: NewBlob, job: CopyJob) -> WrittenBlob:
         to back into one buffer, checked together, and handed to the writer as few slices as the
         write order allows (one, when the buffer holds the recipe's next bytes in order)."""
         lengths = [p[2] for p in pieces]
+        chunk_counts = [p[4] for p in pieces]
         size = max(max(lengths), min(max_read, sum(lengths)))
         piece_at = pack(lengths, size)
         at_np = np.array(piece_at, dtype=np.int64)
-        piece_first = np.array([p[3] for p in pieces], dtype=np.int64)
-        starts = rec["source_offset"].astype(np.int64)
-        ends = starts + rec["compressed_size"]
-        # Where each chunk's stored bytes sit in its buffer.
-        at = starts - np.repeat(np.array([p[1] for p in pieces], dtype=np.int64) - at_np, [p[4] for p in pieces])
+        # Where each chunk's stored bytes start and end in its buffer.
+        shift = np.array([p[1] for p in pieces], dtype=np.int64) - at_np
+        at = rec["source_offset"].astype(np.int64) - np.repeat(shift, chunk_counts)
+        end = at + rec["compressed_size"]
         recipe = _Recipe.of(rec, at, job.sources) if job.check is not None else None
         # Slices: runs of chunks that follow each other both in the recipe and in one buffer.
         slot_first = np.flatnonzero(at_np == 0)  # the first piece of each buffer
         slot = np.repeat(np.arange(len(slot_first)), np.diff(slot_first, append=len(pieces)))
-        chunk_slot = np.repeat(slot, [p[4] for p in pieces])
+        chunk_slot = np.repeat(slot, chunk_counts)
         cut = np.ones(len(rec), dtype=bool)
-        cut[1:] = (at[1:] != at[:-1] + (ends[:-1] - starts[:-1])) | (chunk_slot[1:] != chunk_slot[:-1])
+        cut[1:] = (at[1:] != end[:-1]) | (chunk_slot[1:] != chunk_slot[:-1])
         cut_at = np.flatnonzero(cut)
-        slice_lo = at[cut_at]
-        slice_hi = at[np.append(cut_at[1:], len(rec)) - 1] + (ends - starts)[np.append(cut_at[1:], len(rec)) - 1]
+        slice_lo = at[cut_at].tolist()
+        slice_hi = end[np.append(cut_at[1:], len(rec)) - 1].tolist()
         slot_slices = [*np.searchsorted(chunk_slot[cut_at], np.arange(len(slot_first))).tolist(), len(cut_at)]
-        slice_lo, slice_hi = slice_lo.tolist(), slice_hi.tolist()
         slot_pieces = [*slot_first.tolist(), len(pieces)]
         ring = _Ring(size)
         # A remote backend keeps several reads in flight while earlier ones are checked and written,

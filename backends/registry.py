@@ -201,17 +201,17 @@ class RegistryBackend(BlobBackend):
         path = Path(path)
         if named_by_content:
             try:
-                digest, file_size = blob_id, path.stat().st_size
+                file_size = path.stat().st_size
             except OSError as exc:
                 raise BackendError(f"blob {blob_id}: cannot read {path}: {exc.strerror or exc}") from None
         else:
             digest, file_size = _sha256_file(path, blob_id)
-        if digest != blob_id:
-            raise BackendError(
-                f"blob {blob_id}: {path} has sha256 {digest}; a registry stores blobs under "
-                "sha256(content), so it could never serve this blob under its id (RAFS v6 blobs "
-                "with a ToC have ids that are not the sha256 of the file)"
-            )
+            if digest != blob_id:
+                raise BackendError(
+                    f"blob {blob_id}: {path} has sha256 {digest}; a registry stores blobs under "
+                    "sha256(content), so it could never serve this blob under its id (RAFS v6 blobs "
+                    "with a ToC have ids that are not the sha256 of the file)"
+                )
         if self._head_size(blob_id) is not None:
             return False
         session = streamed.sent() if streamed is not None else None

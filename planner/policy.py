@@ -148,7 +148,7 @@ def first_equal(columns: list[np.ndarray]) -> np.ndarray:
     """For each row, the position of the first row with the same key (columns, most significant first)."""
     n = len(columns[0])
     if n == 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=np.int32)
     # Sorting by the leading column alone is enough when rows that tie on it tie on every column,
     # as digests that share their first 8 bytes do. An unstable sort is 5 times faster than a
     # stable one; the first row of a key is then the smallest position in its run.

@@ -7,11 +7,11 @@ whole v5 superblock before anything else (rafs-v6.md §1), and at most 2 GiB (ra
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
 import struct
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,30 +73,29 @@ def load_bootstrap(path: str | Path) -> Bootstrap:
 
     A file that cannot be opened raises OSError; anything wrong with its bytes RafsFormatError.
     """
-    return _load(path, hashed=False)[0]
+    return _parse_file_buffer(_read_bootstrap(path), path)
 
 
 def load_bootstrap_hashed(path: str | Path) -> tuple[Bootstrap, str]:
     """``load_bootstrap``, and the sha256 (hex) of the very bytes it parsed: no second read of the
     file, which could see other bytes. The hash runs on a thread while the records are parsed
     (hashlib releases the GIL)."""
-    return _load(path, hashed=True)
-
-
-def _load(path: str | Path, hashed: bool) -> tuple[Bootstrap, str | None]:
     buf = _read_bootstrap(path)
-    with ThreadPoolExecutor(1, "bootstrap-sha256") if hashed else contextlib.nullcontext() as pool:
-        hashing = pool.submit(lambda: hashlib.sha256(buf).hexdigest()) if pool is not None else None
-        settle = hashing.result if hashing is not None else None
-        if detect_version(buf) == 5:
-            from . import v5
+    with ThreadPoolExecutor(1, "bootstrap-sha256") as pool:
+        hashing = pool.submit(lambda: hashlib.sha256(buf).hexdigest())
+        return _parse_file_buffer(buf, path, before_change=hashing.result), hashing.result()
 
-            # The file's buffer becomes the chunk array: a big v5 bootstrap is not held twice. It
-            # is hashed before its records are moved.
-            bs = v5.load_owned(buf, str(path), before_change=settle)
-        else:
-            bs = parse_bootstrap(memoryview(buf), str(path))
-        return bs, settle() if settle is not None else None
+
+def _parse_file_buffer(
+    buf: np.ndarray, path: str | Path, before_change: Callable[[], object] | None = None
+) -> Bootstrap:
+    if detect_version(buf) == 5:
+        from . import v5
+
+        # The file's buffer becomes the chunk array: a big v5 bootstrap is not held twice (and is
+        # hashed, if asked, before its records are moved).
+        return v5.load_owned(buf, str(path), before_change=before_change)
+    return parse_bootstrap(memoryview(buf), str(path))
 
 
 def bootstrap_sha256(path: str | Path) -> str:
